@@ -28,6 +28,14 @@ AutoModelForCausalLM.register(ModernGPT2Config, ModernGPT2ForCausalLM, exist_ok=
 AutoModelForSequenceClassification.register(ModernGPT2Config, ModernGPT2ForSequenceClassification, exist_ok=True)
 AutoModelForTokenClassification.register(ModernGPT2Config, ModernGPT2ForTokenClassification, exist_ok=True)
 
+# save_pretrained then copies the modeling code next to the weights and writes an `auto_map`, so a checkpoint
+# loads with `trust_remote_code=True` where this package is not installed.
+ModernGPT2Config.register_for_auto_class()
+ModernGPT2Model.register_for_auto_class("AutoModel")
+ModernGPT2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+ModernGPT2ForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+ModernGPT2ForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+
 __all__ = [
     "ModernGPT2Config",
     "ModernGPT2Model",
