@@ -1,0 +1,340 @@
+"""What the benchmarks share: the shapes (our preset mirrored into transformers' Gemma2 and Llama), device
+timing, peak memory, the FLOP count behind MFU, the environment record and the printed table.
+
+The comparison is only fair when every model has the same shapes, so the transformers configs are derived
+from our ``ModernGPT2Config`` preset instead of being written out a second time.
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
+
+SIZES = ("tiny", "small", "medium", "large", "xl")
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# bf16 matmul peak measured on one H100 for our anchors (the datasheet's dense figure is 989).
+H100_BF16_PEAK_TFLOPS = 790.0
+
+
+# ----------------------------------------------------------------------------------------------- arguments
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every benchmark takes: the model shape, the softcaps, per-layer embeddings, device and output."""
+    shape = parser.add_argument_group("model shape")
+    shape.add_argument("--size", choices=SIZES, default="small", help="our preset (default: small)")
+    shape.add_argument("--vocab-size", "--vocab_size", type=int, default=32000, help="vocabulary (default: 32000)")
+    shape.add_argument("--attn-softcap", "--attn_softcap", type=float, default=50.0,
+                       help="attention logit softcap, 0 turns it off (default: 50)")
+    shape.add_argument("--final-softcap", "--final_softcap", type=float, default=30.0,
+                       help="final logit softcap, 0 turns it off (default: 30)")
+    shape.add_argument("--no-softcap", "--no_softcap", action="store_true", help="turn both softcaps off")
+    shape.add_argument("--per-layer", "--per_layer", action="store_true",
+                       help="also run our model with per-layer embeddings")
+    shape.add_argument("--per-layer-hidden-size", "--per_layer_hidden_size", type=int, default=256,
+                       help="per-layer embedding width d (default: 256)")
+    shape.add_argument("--per-layer-vocab-size", "--per_layer_vocab_size", type=int, default=10000,
+                       help="per-layer vocabulary V_p (default: 10000)")
+    shape.add_argument("--ours-attn", "--ours_attn", choices=("auto", "eager", "sdpa", "flex_attention"),
+                       default="auto", help="attention backend of our model (default: the model's own choice)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="cuda, cuda:N or cpu (default: cuda when there is one)")
+    run.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
+                     help="compute dtype: autocast over fp32 weights in training, the weights' dtype in generation "
+                          "(default: bf16)")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="torch.compile the models (default: on for CUDA, off for the CPU)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
+
+
+def resolve_run_settings(args: argparse.Namespace) -> None:
+    """Fill in the defaults that depend on the machine, and reject impossible settings with one clear line."""
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise UserError(f"--device {args.device}: not a device name; use cuda, cuda:N or cpu") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device is visible here; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    args.device = device
+    if args.compile is None:
+        args.compile = args.device.type == "cuda"
+    if args.no_softcap:
+        args.attn_softcap = args.final_softcap = 0.0
+    for flag in ("vocab_size", "per_layer_hidden_size", "per_layer_vocab_size"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.attn_softcap < 0 or args.final_softcap < 0:
+        raise UserError("softcaps must be positive (or 0 to turn them off)")
+
+
+def parse_int_list(text: str, flag: str) -> list[int]:
+    """'1,16' -> [1, 16]; a one-line error for anything that is not a list of positive integers."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise UserError(f"{flag} takes positive integers separated by commas (e.g. 1,16), got '{text}'")
+    return values
+
+
+def parse_model_list(text: str, known: tuple[str, ...], flag: str = "--models") -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise UserError(f"{flag}: unknown model(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(known)}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------- shapes
+
+
+@dataclass
+class BenchConfigs:
+    """The same shapes, four ways: ours, ours with per-layer embeddings, transformers' Gemma2 and Llama."""
+
+    ours: "PreTrainedConfig"
+    ours_per_layer: "PreTrainedConfig"
+    gemma2: "PreTrainedConfig"
+    llama: "PreTrainedConfig"
+
+
+def build_configs(args: argparse.Namespace, max_positions: int) -> BenchConfigs:
+    from transformers import Gemma2Config, LlamaConfig
+
+    from .. import ModernGPT2Config
+
+    attn_cap = args.attn_softcap or None
+    final_cap = args.final_softcap or None
+    common = dict(vocab_size=args.vocab_size, n_positions=max_positions, attn_logit_softcapping=attn_cap,
+                  final_logit_softcapping=final_cap, use_cache=True)
+    ours = ModernGPT2Config(model_size_name=args.size, **common)
+    ours_per_layer = ModernGPT2Config(
+        model_size_name=args.size, use_per_layer_embedding=True, per_layer_hidden_size=args.per_layer_hidden_size,
+        per_layer_vocab_size=args.per_layer_vocab_size, **common)
+    special = dict(bos_token_id=ours.bos_token_id, eos_token_id=ours.eos_token_id, pad_token_id=ours.pad_token_id)
+    shared = dict(
+        vocab_size=ours.vocab_size, hidden_size=ours.hidden_size, intermediate_size=ours.intermediate_size,
+        num_hidden_layers=ours.num_hidden_layers, num_attention_heads=ours.num_attention_heads,
+        num_key_value_heads=ours.num_key_value_heads, head_dim=ours.head_dim, max_position_embeddings=max_positions,
+        rms_norm_eps=ours.rms_norm_eps, rope_parameters={"rope_type": "default", "rope_theta": ours.rope_theta},
+        tie_word_embeddings=True, attention_dropout=0.0, **special)
+    gemma2 = Gemma2Config(
+        hidden_activation=ours.activation_function, query_pre_attn_scalar=ours.query_pre_attn_scalar,
+        attn_logit_softcapping=attn_cap, final_logit_softcapping=final_cap,
+        layer_types=["full_attention"] * ours.num_hidden_layers, **shared)
+    # Llama has neither softcaps nor sandwich norms: it is the speed a plain sdpa decoder of these shapes reaches.
+    llama = LlamaConfig(hidden_act=ours.activation_function, **shared)
+    return BenchConfigs(ours=ours, ours_per_layer=ours_per_layer, gemma2=gemma2, llama=llama)
+
+
+def build_model(config, attn_implementation: str | None, device: torch.device) -> nn.Module:
+    """A freshly initialised fp32 model on ``device`` (random weights: speed does not depend on them)."""
+    from transformers import AutoModelForCausalLM
+
+    from .. import ModernGPT2ForCausalLM
+
+    kwargs = {} if attn_implementation in (None, "auto") else {"attn_implementation": attn_implementation}
+    if config.model_type != "moderngpt2":
+        return AutoModelForCausalLM.from_config(config, **kwargs).to(device)
+    try:
+        model = ModernGPT2ForCausalLM._from_config(config, **kwargs)
+    except ValueError as error:  # an attention backend that cannot honour the settings (e.g. sdpa with a softcap)
+        raise UserError(f"--ours-attn {attn_implementation}: {error}") from error
+    return model.to(device)
+
+
+def attention_backend(model: nn.Module, device: torch.device) -> str:
+    """The attention backend a forward on ``device`` runs (ours re-picks its automatic choice per device)."""
+    from .. import ModernGPT2PreTrainedModel
+
+    if isinstance(model, ModernGPT2PreTrainedModel):
+        return model.attention_backend(device)
+    return str(model.config._attn_implementation)
+
+
+# ----------------------------------------------------------------------------------------------- FLOPs, MFU
+
+
+def matmul_parameter_count(model: nn.Module) -> int:
+    """Parameters that take part in a matrix multiply for every token.
+
+    Embedding tables are lookups and cost no FLOPs, except that a tied LM head multiplies by the input
+    embedding matrix, so it is counted back in.
+    """
+    embedding_weights = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
+    count = sum(p.numel() for p in model.parameters() if id(p) not in embedding_weights)
+    head = model.get_output_embeddings()
+    if head is not None and id(head.weight) in embedding_weights:
+        count += head.weight.numel()
+    return count
+
+
+def training_flops_per_token(matmul_params: int, n_layer: int, attention_width: int, seq_len: int) -> int:
+    """6·N (forward 2·N, backward 4·N) plus 12·L·H·S for the attention scores and their weighted sum.
+
+    H is the query width (heads × head_dim). Counting full, not causal, attention is the usual convention
+    (PaLM, nanoGPT), so the MFU numbers compare with published ones.
+    """
+    return 6 * matmul_params + 12 * n_layer * attention_width * seq_len
+
+
+def model_flops_utilization(tokens_per_s: float, flops_per_token: int, peak_tflops: float | None) -> float | None:
+    if not peak_tflops:
+        return None
+    return tokens_per_s * flops_per_token / (peak_tflops * 1e12)
+
+
+# ----------------------------------------------------------------------------------------------- device
+
+
+class DeviceTimer:
+    """Seconds of device work inside a ``with`` block.
+
+    On CUDA the block is bracketed by events and the end event is waited for, so queued kernels are counted;
+    on the CPU work is synchronous and ``perf_counter`` is enough.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds = 0.0
+
+    def __enter__(self):
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.start_time = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.end.record()
+            self.end.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1000.0
+        else:
+            self.seconds = time.perf_counter() - self.start_time
+        return False
+
+
+def release_memory(device: torch.device) -> None:
+    """Return what the previous model held and restart the peak counter, so each model's peak is its own."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """Peak allocated device memory since the last reset; the CPU has no per-model counter, so None there."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def autocast(device: torch.device, dtype_name: str):
+    dtype = DTYPES[dtype_name]
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def graph_break_count() -> int:
+    """Graph breaks torch.compile has reported since the counters were last cleared."""
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
+def reset_compiler() -> None:
+    """Forget compiled code and counters, so one model's graphs neither help nor hinder the next."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model_name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model_name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                              model_name)
+    except OSError:
+        pass
+    return f"CPU {model_name} ({torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> dict:
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "moderngpt2": __version__,
+        "python": platform.python_version(),
+    }
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return numerator / denominator
+
+
+def format_number(value, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def format_table(headers: list[str], rows: list[list]) -> str:
+    cells = [headers] + [[format_number(value) for value in row] for row in rows]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def write_json(path: str, data: dict) -> None:
+    """Write atomically: a reader never sees half a file, and an old result survives a failed run."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        raise UserError(f"cannot write the results to {path}: {error.strerror}; choose another --json path") from error

@@ -1,0 +1,200 @@
+"""``moderngpt2 bench generate``: greedy generation tokens/s of our model against transformers' Gemma2.
+
+Both models get the same shapes, the same random prompts and the same number of new tokens, at each batch
+size (1 and 16 by default), with weights in bf16. Our model runs with the default dynamic cache and, as
+``ours-static``, with a static cache whose decode step transformers compiles on CUDA; Gemma2 runs the same
+two ways. One untimed call (compilation included) precedes the timed ones; tokens/s is batch × new tokens
+over the median time of a ``generate`` call, prefill included.
+"""
+
+import argparse
+import statistics
+import sys
+import traceback
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from .common import (
+    DTYPES,
+    DeviceTimer,
+    add_common_arguments,
+    attention_backend,
+    build_configs,
+    build_model,
+    environment,
+    format_table,
+    parse_int_list,
+    parse_model_list,
+    peak_memory_gib,
+    ratio,
+    release_memory,
+    reset_compiler,
+    resolve_run_settings,
+    write_json,
+)
+
+MODELS = ("ours", "ours-static", "ours-ple", "gemma2", "gemma2-static")
+OURS = ("ours", "ours-static", "ours-ple")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="moderngpt2 bench generate",
+        description="Greedy generation tokens/s of ModernGPT2 against transformers' Gemma2 at identical shapes.")
+    parser.add_argument("--batch", default="1,16", help="batch sizes, comma-separated (default: 1,16)")
+    parser.add_argument("--prompt-len", "--prompt_len", type=int, default=128, help="prompt tokens (default: 128)")
+    parser.add_argument("--new-tokens", "--new_tokens", type=int, default=128, help="tokens to generate (default: 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed generate calls per batch size (default: 3)")
+    parser.add_argument("--models", default=None,
+                        help=f"comma-separated subset of {', '.join(MODELS)} (default: all but ours-ple on CUDA, "
+                             "ours,gemma2 on the CPU; --per-layer adds ours-ple)")
+    parser.add_argument("--gemma2-attn", "--gemma2_attn", choices=("eager", "flex_attention"), default="eager",
+                        help="Gemma2's attention backend (default: eager, transformers' choice for Gemma2)")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    resolve_run_settings(args)
+    args.batch = parse_int_list(args.batch, "--batch")
+    for flag in ("prompt_len", "new_tokens", "repeats"):
+        if getattr(args, flag) <= 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    default_models = "ours,ours-static,gemma2,gemma2-static" if args.device.type == "cuda" else "ours,gemma2"
+    args.models = parse_model_list(args.models or default_models, MODELS)
+    if args.per_layer and "ours-ple" not in args.models:
+        args.models.append("ours-ple")
+    return args
+
+
+def measure_generation(model: torch.nn.Module, args: argparse.Namespace, batch: int, static: bool) -> dict:
+    """Median seconds of one greedy ``generate`` call that produces exactly ``args.new_tokens`` per sequence."""
+    device = args.device
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), generator=generator).to(device)
+    settings = dict(
+        attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens, do_sample=False,
+        # No end-of-sequence token: every call generates exactly new_tokens, so all models do the same work.
+        eos_token_id=None, pad_token_id=0,
+        cache_implementation="static" if static else None,
+        # transformers compiles the decode step itself when the cache is static and the device is a GPU.
+        disable_compile=not (static and args.compile),
+    )
+    seconds = []
+    with DeviceTimer(device) as warmup:
+        model.generate(prompt, **settings)
+    for _ in range(args.repeats):
+        with DeviceTimer(device) as timed:
+            output = model.generate(prompt, **settings)
+        seconds.append(timed.seconds)
+    generated = output.shape[1] - args.prompt_len
+    if generated != args.new_tokens:
+        raise RuntimeError(f"generate produced {generated} new tokens instead of {args.new_tokens}")
+    median = statistics.median(seconds)
+    return {
+        "tokens_per_s": batch * args.new_tokens / median,
+        "ms_per_token": median / args.new_tokens * 1000,
+        "seconds": median,
+        "warmup_s": warmup.seconds,
+        "peak_memory_gib": peak_memory_gib(device),
+    }
+
+
+def bench_model(name: str, configs, args: argparse.Namespace) -> dict:
+    """Build one model once and measure it at every batch size; its results keyed by batch size."""
+    if name.startswith("ours"):
+        config = configs.ours_per_layer if name == "ours-ple" else configs.ours
+        model = build_model(config, args.ours_attn, args.device)
+    else:
+        model = build_model(configs.gemma2, args.gemma2_attn, args.device)
+    model.to(DTYPES[args.dtype]).eval()
+    static = name.endswith("-static")
+    described = {"implementation": type(model).__name__, "attn_implementation": attention_backend(model, args.device),
+                 "cache": "static" if static else "dynamic",
+                 "compiled": static and args.compile and args.device.type == "cuda"}
+    results = {}
+    for batch in args.batch:
+        release_memory(args.device)
+        results[str(batch)] = {**described, **measure_generation(model, args, batch, static)}
+    return results
+
+
+def run_one(name: str, configs, args: argparse.Namespace) -> dict:
+    """One model's results by batch size; a failure is recorded for every batch size so the others still run."""
+    release_memory(args.device)
+    reset_compiler()
+    try:
+        return bench_model(name, configs, args)
+    except UserError:
+        raise
+    except torch.OutOfMemoryError:
+        failure = {"error": "out of memory"}
+    except Exception as error:  # noqa: BLE001 - one model failing must not lose the others' numbers
+        traceback.print_exc(file=sys.stderr)
+        failure = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+    finally:
+        release_memory(args.device)
+    return {str(batch): failure for batch in args.batch}
+
+
+def ratios(by_batch: dict) -> dict:
+    """Every measured 'ours variant / Gemma2 variant' pair of tokens/s, per batch size."""
+    table = {}
+    for batch, results in by_batch.items():
+        speeds = {name: result["tokens_per_s"] for name, result in results.items() if "tokens_per_s" in result}
+        table[batch] = {f"{ours}/{theirs}": ratio(speeds[ours], speeds[theirs])
+                        for ours in speeds if ours in OURS for theirs in speeds if theirs not in OURS}
+    return table
+
+
+def print_report(report: dict) -> None:
+    settings = report["settings"]
+    print(f"\nbench generate on {report['environment']['device']}: size {settings['size']}, prompt "
+          f"{settings['prompt_len']}, {settings['new_tokens']} new tokens, greedy, {settings['dtype']} weights, "
+          f"median of {settings['repeats']}\n")
+    rows, notes = [], []
+    for batch, results in report["results"].items():
+        for name, result in results.items():
+            if "tokens_per_s" in result:
+                rows.append([batch, name, result["attn_implementation"], result["cache"],
+                             "yes" if result["compiled"] else "no", result["tokens_per_s"], result["ms_per_token"],
+                             result["peak_memory_gib"], result["warmup_s"]])
+            else:
+                rows.append([batch, name, "failed"] + [None] * 6)
+                notes.append(f"{name} at batch {batch} failed: {result['error']}")
+    print(format_table(["batch", "model", "attention", "cache", "compiled", "tokens/s", "ms/token", "peak GiB",
+                        "warmup s"], rows))
+    print("\n".join(notes))
+    for batch, pairs in report["ratios"].items():
+        if pairs:
+            print(f"batch {batch}: " + ", ".join(f"{pair} {value:.2f}x" for pair, value in pairs.items()))
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    try:
+        configs = build_configs(args, max_positions=args.prompt_len + args.new_tokens)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    per_model = {}
+    progress = tqdm(args.models, desc="bench generate", unit="model", file=sys.stderr)
+    for name in progress:
+        progress.set_postfix_str(name)
+        per_model[name] = run_one(name, configs, args)
+    by_batch = {str(batch): {name: per_model[name][str(batch)] for name in args.models} for batch in args.batch}
+    report = {
+        "benchmark": "generate",
+        "environment": environment(args.device),
+        "settings": {
+            "size": args.size, "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+            "repeats": args.repeats, "dtype": args.dtype, "compile": args.compile, "vocab_size": args.vocab_size,
+            "attn_softcap": args.attn_softcap or None, "final_softcap": args.final_softcap or None,
+            "ours_attn": args.ours_attn, "gemma2_attn": args.gemma2_attn, "models": args.models,
+        },
+        "results": by_batch,
+        "ratios": ratios(by_batch),
+    }
+    print_report(report)
+    if args.json:
+        write_json(args.json, report)
+    return 1 if any("error" in result for results in by_batch.values() for result in results.values()) else 0
