@@ -1,4 +1,4 @@
-"""Shared test settings: deterministic, small thread pools (CI has two cores), and a `gpu` marker that skips cleanly."""
+"""Shared test settings: deterministic, one torch thread (tiny models run faster so on CI's two cores), a `gpu` marker."""
 
 import os
 
@@ -18,6 +18,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,274 @@
+"""Attention backends of ModernGPT2, behind one interface.
+
+Every backend is called as
+
+    backend(query, key, value, mask, *, scaling, softcap, sliding_window, dropout) -> (output, weights | None)
+
+with query `(B, Hq, Q, D)`, key/value `(B, Hkv, K, D)` (Hkv divides Hq: grouped-query attention) and output
+`(B, Q, Hq, D)`. The model's quirks (query scaling, attention logit softcapping, sliding window) are explicit keyword
+arguments, never hidden state. A backend that cannot honour one of them raises instead of dropping it.
+
+- `eager`: the reference; any feature, and the only one that returns attention weights.
+- `sdpa`: `torch.nn.functional.scaled_dot_product_attention`. No softcapping (the fused kernels have no hook for
+  it). The sliding window is honoured through an explicit boolean mask, which leaves the flash kernel for the
+  memory-efficient one; plain causal inputs keep `is_causal=True` and the flash/cuDNN kernels.
+- `flex_attention`: `torch.nn.attention.flex_attention` with a score_mod `c * tanh(s / c)` and a block mask for
+  causal/window/padding; compiled on CUDA. On the CPU, torch runs it uncompiled for inference only (it has no
+  backward there), so CPU training with softcapping uses `eager`.
+- `flash_attention_2`: the `flash_attn` package when installed (softcap and window native); unpadded inputs only.
+
+This module imports only torch, so it can travel next to a checkpoint with the modeling file.
+"""
+
+import functools
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+
+
+class AttentionMask:
+    """Which keys each query may see, described by cache slots instead of a dense tensor.
+
+    A query at slot q sees a key at slot k when k <= q, q - k < sliding_window (for windowed layers) and the key is
+    not padding. A padded query still sees itself, so no row is ever fully masked (which would make softmax NaN);
+    its output is never read. Each backend turns this description into the form it runs fastest with (nothing, a
+    boolean tensor, a flex BlockMask), built once per forward and shared by the layers of one attention type.
+    """
+
+    def __init__(self, query_slots, key_slots, key_valid=None, aligned=False, keys_end_at_queries=False):
+        self.query_slots = query_slots  # (Q,) cache slot of each query
+        self.key_slots = key_slots  # (K,) cache slot of each key
+        self.key_valid = key_valid  # (B, K) bool, False on padding; None when nothing is padded
+        self.aligned = aligned  # queries and keys are the same slots (no cache content before them)
+        self.keys_end_at_queries = keys_end_at_queries  # keys are contiguous and end at the last query
+        self._built = {}
+
+    def is_plain_causal(self, sliding_window):
+        """True when `is_causal=True` of the fused kernels describes this mask exactly."""
+        window_is_moot = sliding_window is None or sliding_window >= len(self.query_slots)
+        return self.key_valid is None and self.aligned and window_is_moot
+
+    def dense(self, sliding_window):
+        """Boolean mask `(B or 1, 1, Q, K)`, True where attention is allowed."""
+        key = ("dense", sliding_window)
+        if key not in self._built:
+            q = self.query_slots[:, None]  # (Q, 1)
+            k = self.key_slots[None, :]  # (1, K)
+            allowed = k <= q
+            if sliding_window is not None:
+                allowed = allowed & (q - k < sliding_window)
+            if self.key_valid is None:
+                allowed = allowed[None]  # (1, Q, K)
+            else:
+                allowed = allowed[None] & (self.key_valid[:, None, :] | (k == q)[None])  # (B, Q, K)
+            self._built[key] = allowed[:, None]  # (B or 1, 1, Q, K)
+        return self._built[key]
+
+    def block_mask(self, sliding_window):
+        """FlexAttention BlockMask for the same rule as `dense`."""
+        key = ("block", sliding_window)
+        if key not in self._built:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            query_slots, key_slots, key_valid = self.query_slots, self.key_slots, self.key_valid
+
+            def mask_mod(b, h, q_idx, kv_idx):
+                q, k = query_slots[q_idx], key_slots[kv_idx]
+                allowed = k <= q
+                if sliding_window is not None:
+                    allowed = allowed & (q - k < sliding_window)
+                if key_valid is not None:
+                    allowed = allowed & (key_valid[b, kv_idx] | (k == q))
+                return allowed
+
+            batch = None if key_valid is None else key_valid.shape[0]
+            self._built[key] = create_block_mask(
+                mask_mod, batch, None, len(query_slots), len(key_slots), device=query_slots.device
+            )
+        return self._built[key]
+
+
+def build_attention_masks(layer_types, attention_mask, past_key_values, past_seen, seq_len, device):
+    """One AttentionMask per attention type: the slots of this forward's queries and of the keys it reads.
+
+    Cache layers report which absolute slots their returned keys cover (`get_mask_sizes`): all slots for full
+    layers, only the recent ones for sliding-window cache layers, the whole buffer for static caches.
+    `attention_mask` is the usual 2-D (batch, slots) padding mask, 1 for tokens and 0 for padding.
+    """
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(
+            "attention_mask must be 2-D (batch, key positions) with 1 for tokens and 0 for padding, "
+            f"got shape {tuple(attention_mask.shape)}"
+        )
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None  # nothing padded: lets sdpa keep its causal fast path
+    query_slots = torch.arange(seq_len, device=device) + past_seen
+    past_is_known_empty = not torch.is_tensor(past_seen) and past_seen == 0
+    masks = {}
+    for layer_type in dict.fromkeys(layer_types):
+        if past_key_values is None:
+            kv_length, kv_offset = seq_len, 0
+        else:
+            kv_length, kv_offset = past_key_values.get_mask_sizes(seq_len, layer_types.index(layer_type))
+        key_valid = None
+        if attention_mask is not None:
+            # slots past the mask (a static cache's empty tail) count as padding; causality hides them anyway
+            padded = F.pad(attention_mask.bool(), (0, max(0, kv_offset + kv_length - attention_mask.shape[1])))
+            key_valid = padded[:, kv_offset : kv_offset + kv_length]  # (B, K)
+        masks[layer_type] = AttentionMask(
+            query_slots,
+            torch.arange(kv_length, device=device) + kv_offset,
+            key_valid,
+            aligned=past_is_known_empty and kv_offset == 0 and kv_length == seq_len,
+            keys_end_at_queries=not torch.is_tensor(past_seen) and kv_offset + kv_length == past_seen + seq_len,
+        )
+    return masks
+
+
+def repeat_kv(hidden_states, n_rep):
+    """(B, Hkv, K, D) -> (B, Hkv * n_rep, K, D), each KV head shared by n_rep consecutive query heads."""
+    if n_rep == 1:
+        return hidden_states
+    batch, num_kv_heads, length, head_dim = hidden_states.shape
+    hidden_states = hidden_states[:, :, None].expand(batch, num_kv_heads, n_rep, length, head_dim)
+    return hidden_states.reshape(batch, num_kv_heads * n_rep, length, head_dim)
+
+
+def eager_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
+    """Reference implementation: scores, softcap, mask, fp32 softmax."""
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, Q, K)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    scores = scores.masked_fill(~mask.dense(sliding_window), torch.finfo(scores.dtype).min)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout > 0.0:
+        weights = F.dropout(weights, p=dropout, training=True)
+    output = torch.matmul(weights, value)  # (B, H, Q, D)
+    return output.transpose(1, 2), weights
+
+
+def sdpa_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
+    if softcap is not None:
+        raise ValueError(
+            "attn_implementation='sdpa' cannot apply attn_logit_softcapping; use 'eager' or 'flex_attention', "
+            "or set attn_logit_softcapping=None"
+        )
+    is_causal = mask.is_plain_causal(sliding_window)
+    if not is_causal:
+        # With an explicit mask the memory-efficient kernel runs, and it has no grouped-query support:
+        # share the KV heads by expanding them rather than fall back to the math kernel.
+        n_rep = query.shape[1] // key.shape[1]
+        key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    output = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=None if is_causal else mask.dense(sliding_window),
+        dropout_p=dropout,
+        is_causal=is_causal,
+        scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # (B, H, Q, D)
+    return output.transpose(1, 2), None
+
+
+@functools.lru_cache(maxsize=None)
+def _softcap_score_mod(softcap):
+    # One function object per cap value, so a compiled flex_attention is not re-traced for every call.
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return softcap * torch.tanh(score / softcap)
+
+    return score_mod
+
+
+@functools.lru_cache(maxsize=None)
+def _flex_attention_function(device_type):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # Uncompiled flex_attention materialises the scores; compiled it is a fused kernel (CUDA only). Default dynamic
+    # shapes: after the first recompilation sequence lengths become symbolic, so decoding does not recompile per step.
+    return torch.compile(flex_attention) if device_type == "cuda" else flex_attention
+
+
+def flex_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
+    if dropout > 0.0:
+        raise ValueError("attn_implementation='flex_attention' has no attention dropout; set attention_dropout=0.0")
+    if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
+        raise ValueError(
+            "attn_implementation='flex_attention' has no backward pass on the CPU; train on the CPU with 'eager'"
+        )
+    output = _flex_attention_function(query.device.type)(
+        query,
+        key,
+        value,
+        score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
+        block_mask=mask.block_mask(sliding_window),
+        scale=scaling,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )  # (B, H, Q, D)
+    return output.transpose(1, 2), None
+
+
+def flash_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
+    from flash_attn import flash_attn_func
+
+    if mask.key_valid is not None or not mask.keys_end_at_queries:
+        raise ValueError(
+            "attn_implementation='flash_attention_2' needs unpadded inputs and a dynamic cache; "
+            "use 'sdpa' or 'flex_attention' for padded batches or a static cache"
+        )
+    output = flash_attn_func(
+        query.transpose(1, 2),  # (B, Q, H, D)
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        dropout_p=dropout,
+        softmax_scale=scaling,
+        causal=True,  # aligned bottom-right: the last query sees the last key
+        window_size=(-1, -1) if sliding_window is None else (sliding_window - 1, 0),
+        softcap=0.0 if softcap is None else softcap,
+    )
+    return output, None
+
+
+ATTENTION_BACKENDS = {
+    "eager": eager_attention_forward,
+    "sdpa": sdpa_attention_forward,
+    "flex_attention": flex_attention_forward,
+    "flash_attention_2": flash_attention_forward,
+}
+
+
+def uses_attention_quirks(config):
+    """Softcapping or a sliding window: what the plain fused sdpa kernels cannot do."""
+    return config.attn_logit_softcapping is not None or "sliding_attention" in config.layer_types
+
+
+def automatic_attention_backend(config, device):
+    """The backend picked when none is requested: the fastest one that honours every setting on `device`."""
+    if not uses_attention_quirks(config):
+        return "sdpa"
+    if device.type == "cuda" and config.attention_dropout == 0.0:
+        return "flex_attention"
+    return "eager"
+
+
+def check_attention_backend(name, config):
+    """Raise a ValueError naming the setting when backend `name` cannot run `config` faithfully."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(
+            f"attn_implementation={name!r} is not supported; choose one of {', '.join(ATTENTION_BACKENDS)}"
+        )
+    if name == "sdpa" and config.attn_logit_softcapping is not None:
+        raise ValueError(
+            f"attn_implementation='sdpa' cannot apply attn_logit_softcapping={config.attn_logit_softcapping}; "
+            "use 'eager' or 'flex_attention' (or leave attn_implementation unset to choose automatically)"
+        )
+    if name == "flex_attention" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        raise ValueError("attn_implementation='flex_attention' needs a torch with torch.nn.attention.flex_attention")
+    if name == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(
+            "attn_implementation='flash_attention_2' needs the flash_attn package; install it or use 'sdpa'"
+        )

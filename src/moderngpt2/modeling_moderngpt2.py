@@ -1,0 +1,672 @@
+"""ModernGPT2: a GPT-2-class decoder with Gemma2 internals and optional Gemma3n-style per-layer embeddings.
+
+Module names follow Gemma2 (`embed_tokens`, `layers.{i}.self_attn.q_proj`, ..., `norm`), so a Gemma2 state dict
+loads 1:1. This file imports only torch, transformers and its two sibling modules, so it can be saved next to a
+checkpoint and loaded with `trust_remote_code=True` where this package is not installed.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import can_return_tuple
+
+from .attention_moderngpt2 import (
+    ATTENTION_BACKENDS,
+    automatic_attention_backend,
+    build_attention_masks,
+    check_attention_backend,
+)
+from .configuration_moderngpt2 import ModernGPT2Config
+
+
+def _scaled(tensor, scale):
+    # The scale is rounded to the activation dtype first, as Gemma2/Gemma3n do (sqrt(768) becomes 27.75 in bf16).
+    return tensor * torch.tensor(scale, dtype=tensor.dtype)
+
+
+def upcast(tensor):
+    """At least float32 (float64 stays float64): where the loss is computed."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
+def softcap(logits, cap):
+    """`cap * tanh(logits / cap)`: bounds logits smoothly to (-cap, cap)."""
+    return cap * torch.tanh(logits / cap)
+
+
+class ModernGPT2RMSNorm(nn.Module):
+    """RMSNorm computed in float32 with a `(1 + w)` gain, `w` initialised to 0 (Gemma2)."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        x_up = upcast(x)
+        normed = x_up * torch.rsqrt(x_up.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (1.0 + upcast(self.weight))).type_as(x)
+
+    def extra_repr(self):
+        return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+class ModernGPT2RotaryEmbedding(nn.Module):
+    """RoPE (rotate-half). cos/sin are computed for the positions present, with no table, so any position works."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.base = config.rope_theta
+
+    @torch.no_grad()
+    def forward(self, x, position_ids):
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=x.device).float() / self.head_dim
+        inv_freq = 1.0 / (self.base**exponents)  # (D/2,)
+        freqs = position_ids[..., None].float() * inv_freq  # (B, S, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (B, S, D)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin):
+    """q, k: (B, H, S, D); cos, sin: (B, S, D)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, S, D)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+class ModernGPT2MLP(nn.Module):
+    """Gated MLP: down(act(gate(x)) * up(x)); GeGLU with the default activation."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.down_proj.is_residual_projection = True
+        self.act_fn = ACT2FN[config.activation_function]
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ModernGPT2Attention(nn.Module):
+    """Grouped-query attention with RoPE, Gemma2 query scaling, optional softcap and sliding window."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.scaling = config.query_pre_attn_scalar**-0.5
+        self.attn_logit_softcapping = config.attn_logit_softcapping
+        self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
+        self.attention_dropout = config.attention_dropout
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+        self.o_proj.is_residual_projection = True
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, attn_backend, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        # The head count comes from the projected width, never from the config, so a column-sharded
+        # (tensor-parallel) projection simply yields this rank's heads.
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hq, S, D)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
+        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, Hkv, K, D)
+
+        output, weights = ATTENTION_BACKENDS[attn_backend](
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            softcap=self.attn_logit_softcapping,
+            sliding_window=self.sliding_window,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )  # (B, S, Hq, D)
+        output = self.o_proj(output.reshape(*input_shape, -1).contiguous())  # (B, S, H)
+        return output, weights
+
+
+class PerLayerEmbedding(nn.Embedding):
+    """One table of `V_p x (L * d)`: row t holds token t's d-wide embedding for every layer, scaled by sqrt(d)."""
+
+    def __init__(self, config):
+        super().__init__(config.per_layer_vocab_size, config.num_hidden_layers * config.per_layer_hidden_size)
+        self.num_layers = config.num_hidden_layers
+        self.per_layer_hidden_size = config.per_layer_hidden_size
+
+    def forward(self, per_layer_input_ids):
+        embeds = _scaled(super().forward(per_layer_input_ids), self.per_layer_hidden_size**0.5)
+        return embeds.view(*per_layer_input_ids.shape, self.num_layers, self.per_layer_hidden_size)  # (B, S, L, d)
+
+
+class PerLayerProjection(nn.Module):
+    """Projects the main embeddings to one d-wide input per layer and combines it with the per-layer embeddings.
+
+    P = RMSNorm_d(view(W x_emb * H^-0.5, [B, S, L, d])), then with E the per-layer embeddings:
+    `scaled_add`: (P + E) * 2^-0.5 (Gemma3n); `concat`: a per-layer linear 2d -> d on [P; E];
+    `gated`: sigmoid(g) * P + (1 - sigmoid(g)) * E with learned per-layer, per-channel logits g.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.num_layers = config.num_hidden_layers
+        self.per_layer_hidden_size = d = config.per_layer_hidden_size
+        self.combination_method = config.per_layer_combination_method
+        self.proj = nn.Linear(config.hidden_size, self.num_layers * d, bias=False)
+        self.norm = ModernGPT2RMSNorm(d, eps=config.rms_norm_eps)
+        if self.combination_method == "concat":
+            self.combine_weight = nn.Parameter(torch.empty(self.num_layers, 2 * d, d))
+        elif self.combination_method == "gated":
+            self.gate_logits = nn.Parameter(torch.zeros(self.num_layers, d))
+
+    def forward(self, inputs_embeds, per_layer_embeds):
+        projected = _scaled(self.proj(inputs_embeds), self.hidden_size**-0.5)
+        projected = self.norm(projected.view(*inputs_embeds.shape[:-1], self.num_layers, -1))  # (B, S, L, d)
+        if self.combination_method == "scaled_add":
+            return _scaled(projected + per_layer_embeds, 2.0**-0.5)
+        if self.combination_method == "concat":
+            both = torch.cat((projected, per_layer_embeds), dim=-1)  # (B, S, L, 2d)
+            return torch.einsum("bsle,led->bsld", both, self.combine_weight.to(both.dtype))  # (B, S, L, d)
+        mix = self.mixing_weights().to(projected.dtype)  # (L, d)
+        return mix * projected + (1.0 - mix) * per_layer_embeds
+
+    def mixing_weights(self):
+        """`gated` only: sigmoid(g), the share of the projected main embedding per layer and channel, (L, d)."""
+        if self.combination_method != "gated":
+            return None
+        return torch.sigmoid(self.gate_logits)
+
+
+class PerLayerGate(nn.Module):
+    """h <- h + RMSNorm_H(W_up(act(W_gate h) * p_i)): injects layer i's per-layer input into the residual stream."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.per_layer_hidden_size, bias=False)
+        self.up_proj = nn.Linear(config.per_layer_hidden_size, config.hidden_size, bias=False)
+        self.norm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.act_fn = ACT2FN[config.per_layer_gate_activation]
+        self.dropout = nn.Dropout(config.per_layer_projection_dropout)
+
+    def forward(self, hidden_states, per_layer_input):
+        gated = self.act_fn(self.gate_proj(hidden_states)) * self.dropout(per_layer_input)  # (B, S, d)
+        return hidden_states + self.norm(self.up_proj(gated))
+
+
+class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
+    """Sandwich-norm block: h = x + norm(attn(norm(x))); out = h + norm(mlp(norm(h))); PLE gate first if enabled."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.attention_type = config.layer_types[layer_idx]
+        self.self_attn = ModernGPT2Attention(config, layer_idx)
+        self.mlp = ModernGPT2MLP(config)
+        self.input_layernorm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.pre_feedforward_layernorm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_feedforward_layernorm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.per_layer_gate = PerLayerGate(config) if config.use_per_layer_embedding else None
+
+    def forward(self, hidden_states, per_layer_input=None, attention_mask=None, attn_backend="eager",
+                position_embeddings=None, past_key_values=None, **kwargs):
+        if self.per_layer_gate is not None:
+            hidden_states = self.per_layer_gate(hidden_states, per_layer_input)
+        residual = hidden_states
+        hidden_states, attn_weights = self.self_attn(
+            self.input_layernorm(hidden_states),
+            position_embeddings=position_embeddings,
+            attention_mask=attention_mask,
+            attn_backend=attn_backend,
+            past_key_values=past_key_values,
+        )
+        hidden_states = residual + self.resid_dropout(self.post_attention_layernorm(hidden_states))
+        residual = hidden_states
+        hidden_states = self.mlp(self.pre_feedforward_layernorm(hidden_states))
+        hidden_states = residual + self.resid_dropout(self.post_feedforward_layernorm(hidden_states))
+        return hidden_states, attn_weights
+
+
+class ModernGPT2PreTrainedModel(PreTrainedModel):
+    config: ModernGPT2Config
+    config_class = ModernGPT2Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ModernGPT2DecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = False  # attention dispatches through this package's own registry
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """normal(0, std) everywhere, residual output projections std / sqrt(2 L), RMSNorm gains 0."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, ModernGPT2RMSNorm):
+            init.zeros_(module.weight)
+        elif isinstance(module, PerLayerProjection):
+            if module.combination_method == "concat":
+                # [I; I] * 2^-0.5 makes `concat` start exactly where `scaled_add` is, then learn from there.
+                eye = torch.eye(module.per_layer_hidden_size) * 2.0**-0.5
+                init.copy_(module.combine_weight, torch.cat((eye, eye)).expand_as(module.combine_weight))
+            elif module.combination_method == "gated":
+                init.zeros_(module.gate_logits)  # sigmoid(0) = 0.5: an even mix at the start
+        elif isinstance(module, ModernGPT2Model) and module.config.use_per_layer_embedding:
+            init.copy_(module.per_layer_token_map, default_per_layer_token_map(module.config))
+
+    @classmethod
+    def _can_set_attn_implementation(cls):
+        return True
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check=False, **kwargs):
+        return self.get_correct_attn_implementation(attn_implementation, is_init_check)
+
+    def get_correct_attn_implementation(self, requested_attention, is_init_check=False):
+        """Validate a requested backend, or pick one automatically when none is requested.
+
+        The automatic choice is re-made for the device of every forward (flex_attention on CUDA, eager on the
+        CPU, when softcapping or a window is on; sdpa otherwise); `config._attn_implementation` then shows the
+        CPU choice. An explicit request is always honoured, or refused with a ValueError naming the setting.
+        """
+        config = self.config
+        still_automatic = getattr(config, "_attn_implementation_autoset", False) and (
+            requested_attention == config._attn_implementation
+        )
+        if requested_attention is None or still_automatic:
+            config._attn_implementation_autoset = True
+            return automatic_attention_backend(config, torch.device("cpu"))
+        check_attention_backend(requested_attention, config)
+        config._attn_implementation_autoset = False
+        return requested_attention
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        if isinstance(attn_implementation, str):
+            self.config._attn_implementation_autoset = False  # an explicit choice, even if it equals the automatic one
+        return super().set_attn_implementation(attn_implementation, *args, **kwargs)
+
+    def set_per_layer_token_map(self, token_map):
+        """Install a main-id -> per-layer-id map: vocab_size integers in [0, per_layer_vocab_size).
+
+        Available on the base model and every head; the map is a persistent buffer of the base model, so it is
+        saved and loaded with the weights.
+        """
+        if not self.config.use_per_layer_embedding:
+            raise ValueError("set_per_layer_token_map needs a model built with use_per_layer_embedding=True")
+        token_map = torch.as_tensor(token_map)
+        if token_map.dim() != 1 or token_map.shape[0] != self.config.vocab_size:
+            raise ValueError(
+                f"per-layer token map has shape {tuple(token_map.shape)}; it needs one entry per main token id, "
+                f"shape ({self.config.vocab_size},)"
+            )
+        if token_map.is_floating_point() or token_map.is_complex() or token_map.dtype == torch.bool:
+            raise ValueError(f"per-layer token map must hold integer ids, got dtype {token_map.dtype}")
+        low, high = int(token_map.min()), int(token_map.max())
+        if low < 0 or high >= self.config.per_layer_vocab_size:
+            raise ValueError(
+                f"per-layer token map holds ids in [{low}, {high}]; they must lie in "
+                f"[0, per_layer_vocab_size={self.config.per_layer_vocab_size})"
+            )
+        with torch.no_grad():
+            self.base_model.per_layer_token_map.copy_(token_map.to(torch.long))
+
+    def attention_backend(self, device):
+        """The backend a forward on `device` uses."""
+        if getattr(self.config, "_attn_implementation_autoset", False) or self.config._attn_implementation is None:
+            return automatic_attention_backend(self.config, device)
+        return self.config._attn_implementation
+
+
+def default_per_layer_token_map(config):
+    """Gemma3n's map: a main id below per_layer_vocab_size is its own per-layer id, any other id maps to 0."""
+    ids = torch.arange(config.vocab_size, dtype=torch.long)
+    return torch.where(ids < config.per_layer_vocab_size, ids, torch.zeros_like(ids))
+
+
+class ModernGPT2Model(ModernGPT2PreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_dropout = nn.Dropout(config.embd_pdrop)
+        self.layers = nn.ModuleList(ModernGPT2DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = ModernGPT2RotaryEmbedding(config)
+        if config.use_per_layer_embedding:
+            self.embed_tokens_per_layer = PerLayerEmbedding(config)
+            self.per_layer_projection = PerLayerProjection(config)
+            # main id -> per-layer id; persistent, so it travels in the checkpoint and generation needs nothing extra
+            self.register_buffer("per_layer_token_map", default_per_layer_token_map(config), persistent=True)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def map_per_layer_ids(self, input_ids):
+        """Per-layer ids of main token ids through the stored token map."""
+        return self.per_layer_token_map[input_ids]
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        per_layer_input_ids=None,
+        use_cache=None,
+        output_attentions=None,
+        output_hidden_states=None,
+        **kwargs,
+    ):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training  # training never reads a cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+
+        if inputs_embeds is None:
+            inputs_embeds = _scaled(self.embed_tokens(input_ids), self.config.hidden_size**0.5)
+        seq_len = inputs_embeds.shape[1]
+        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_seen).unsqueeze(0)
+
+        per_layer_inputs = None
+        if self.config.use_per_layer_embedding:
+            if per_layer_input_ids is None:
+                if input_ids is None:
+                    raise ValueError("with inputs_embeds, pass per_layer_input_ids too (they cannot be derived)")
+                per_layer_input_ids = self.map_per_layer_ids(input_ids)
+            per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
+            per_layer_inputs = self.per_layer_projection(inputs_embeds, per_layer_embeds)  # (B, S, L, d)
+
+        attn_backend = self.attention_backend(inputs_embeds.device)
+        masks = build_attention_masks(self.config.layer_types, attention_mask, past_key_values, past_seen, seq_len,
+                                      inputs_embeds.device)
+        position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        hidden_states = self.embed_dropout(inputs_embeds)
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, attn_weights = layer(
+                hidden_states,
+                None if per_layer_inputs is None else per_layer_inputs[:, :, i, :],
+                attention_mask=masks[layer.attention_type],
+                attn_backend=attn_backend,
+                position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+            )
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+    _fsdp_plan = {"lm_head": "keep_full_weight"}
+    # Positions per loss chunk: bounds the float32 logits held at once to loss_chunk_size x vocab_size.
+    loss_chunk_size = 2048
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = ModernGPT2Model(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def compute_logits(self, hidden_states, for_loss=False):
+        """LM head then the final softcap; for the loss, upcast to float32 before the softcap."""
+        logits = self.lm_head(hidden_states)
+        if for_loss:
+            logits = upcast(logits)
+        if self.config.final_logit_softcapping is not None:
+            logits = softcap(logits, self.config.final_logit_softcapping)
+        return logits
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        per_layer_input_ids=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        num_items_in_batch=None,
+        return_logits=None,
+        **kwargs,
+    ):
+        r"""
+        labels: token ids, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
+        num_items_in_batch: when given (the Trainer does), the loss is sum / num_items_in_batch, so gradient
+            accumulation over micro-batches is exact; otherwise the mean over non-ignored tokens.
+        return_logits: with labels, the loss is computed in chunks of `loss_chunk_size` positions without ever
+            holding the full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well
+            (the naive path). Without labels, logits are always returned.
+        """
+        if labels is not None and use_cache is None:
+            use_cache = False
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            per_layer_input_ids=per_layer_input_ids,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        return_logits = labels is None if return_logits is None else return_logits
+
+        loss = logits = None
+        if return_logits:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.compute_logits(hidden_states[:, keep, :])
+            if labels is not None:
+                loss = causal_lm_loss_from_logits(logits, labels, num_items_in_batch)
+        elif labels is not None:
+            loss = self.chunked_causal_lm_loss(hidden_states, labels, num_items_in_batch)
+
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def chunked_causal_lm_loss(self, hidden_states, labels, num_items_in_batch=None):
+        """Shifted cross-entropy over chunks of positions; each chunk's float32 logits are recomputed in backward.
+
+        Equal (exactly, in float32) to `causal_lm_loss_from_logits(self.compute_logits(hidden_states), labels)`
+        without materialising the full (B, S, V) float32 logits: memory is bounded by loss_chunk_size x vocab_size.
+        """
+        targets = shift_labels(labels).to(hidden_states.device).reshape(-1)  # (B*S,)
+        flat_hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B*S, H)
+        total = upcast(hidden_states.new_zeros(()))
+        for start in range(0, flat_hidden.shape[0], self.loss_chunk_size):
+            chunk = slice(start, start + self.loss_chunk_size)
+            if torch.is_grad_enabled():
+                total = total + checkpoint(self._loss_sum, flat_hidden[chunk], targets[chunk], use_reentrant=False)
+            else:
+                total = total + self._loss_sum(flat_hidden[chunk], targets[chunk])
+        return _normalise_loss(total, targets, num_items_in_batch)
+
+    def _loss_sum(self, hidden_chunk, target_chunk):
+        logits = self.compute_logits(hidden_chunk, for_loss=True)
+        return F.cross_entropy(logits, target_chunk, ignore_index=-100, reduction="sum")
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
+                                      per_layer_input_ids=None, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        if per_layer_input_ids is not None:
+            # Explicit ids cover the prompt; the tokens generated after it are mapped like any other token.
+            total = input_ids.shape[1] + (inputs_embeds.shape[1] if inputs_embeds is not None else 0)
+            missing = total - per_layer_input_ids.shape[1]
+            if missing > 0:
+                new_ids = self.model.map_per_layer_ids(input_ids[:, -missing:]).to(per_layer_input_ids.device)
+                per_layer_input_ids = torch.cat((per_layer_input_ids, new_ids), dim=1)
+            current = model_inputs.get("input_ids")
+            if current is None:
+                current = model_inputs["inputs_embeds"]
+            model_inputs["per_layer_input_ids"] = per_layer_input_ids[:, -current.shape[1] :]
+        return model_inputs
+
+    def create_masks_for_generate(self, attention_mask=None, **kwargs):
+        # The model builds its own masks from the 2-D padding mask, for every cache type.
+        return attention_mask
+
+
+def shift_labels(labels):
+    """labels (B, S) -> targets (B, S): position t predicts labels[t + 1]; the last position predicts nothing."""
+    return F.pad(labels[:, 1:], (0, 1), value=-100)
+
+
+def _normalise_loss(loss_sum, targets, num_items_in_batch):
+    if num_items_in_batch is None:
+        return loss_sum / (targets != -100).sum().clamp(min=1)
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss_sum.device)
+    return loss_sum / num_items_in_batch
+
+
+def causal_lm_loss_from_logits(logits, labels, num_items_in_batch=None):
+    """The naive loss: float32 cross-entropy over all logits (B, S, V) at once."""
+    targets = shift_labels(labels).to(logits.device).reshape(-1)
+    loss_sum = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), targets, ignore_index=-100,
+                               reduction="sum")
+    return _normalise_loss(loss_sum, targets, num_items_in_batch)
+
+
+class ModernGPT2ForSequenceClassification(ModernGPT2PreTrainedModel):
+    """Classifies a sequence from its last real token (the last attended one, else the last non-pad one)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ModernGPT2Model(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, per_layer_input_ids=None, labels=None, use_cache=None, **kwargs):
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, per_layer_input_ids=per_layer_input_ids,
+            use_cache=use_cache, **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)  # (B, S, num_labels)
+        positions = torch.arange(logits.shape[1], device=logits.device)
+        if attention_mask is not None:
+            last = (positions * attention_mask.to(logits.device, torch.long)).argmax(-1)
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            real = (input_ids != self.config.pad_token_id).to(logits.device, torch.long)
+            last = (positions * real).argmax(-1)
+        else:
+            last = torch.full((logits.shape[0],), logits.shape[1] - 1, device=logits.device)
+        pooled_logits = logits[torch.arange(logits.shape[0], device=logits.device), last]  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
+        return SequenceClassifierOutputWithPast(
+            loss=loss, logits=pooled_logits, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+        )
+
+
+class ModernGPT2ForTokenClassification(ModernGPT2PreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = ModernGPT2Model(config)
+        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.0)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, per_layer_input_ids=None, labels=None, use_cache=None, **kwargs):
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, per_layer_input_ids=per_layer_input_ids,
+            use_cache=use_cache, **kwargs,
+        )
+        logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, S, num_labels)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+__all__ = [
+    "ModernGPT2PreTrainedModel",
+    "ModernGPT2Model",
+    "ModernGPT2ForCausalLM",
+    "ModernGPT2ForSequenceClassification",
+    "ModernGPT2ForTokenClassification",
+]
