@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
-from moderngpt2.attention_moderngpt2 import automatic_attention_backend
+from moderngpt2.attention_moderngpt2 import build_attention_masks, select_attention_backend
 
 VOCAB = 97
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -88,18 +88,50 @@ def test_unknown_and_unavailable_backends_are_refused():
             ModernGPT2ForCausalLM(tiny_config(attn_implementation="flash_attention_2"))
 
 
-def test_automatic_choice_depends_on_config_and_device():
-    plain, capped, windowed = tiny_config(), tiny_config(attn_logit_softcapping=50.0), tiny_config(sliding_window=8)
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert automatic_attention_backend(plain, cpu) == automatic_attention_backend(plain, cuda) == "sdpa"
-    for config in (capped, windowed):
-        assert automatic_attention_backend(config, cpu) == "eager"
-        assert automatic_attention_backend(config, cuda) == "flex_attention"
-    assert automatic_attention_backend(tiny_config(sliding_window=8, attention_dropout=0.1), cuda) == "eager"
+PLAIN, CAPPED, WINDOWED = dict(), dict(attn_logit_softcapping=50.0), dict(sliding_window=8)
+DROPOUT = dict(attn_logit_softcapping=50.0, attention_dropout=0.1)
+FULL, PREFILL, DECODE, SINGLE = (None, False), (7, True), (1, True), (1, False)  # (query_length, has_cache)
+SELECTION_TABLE = [
+    # config, device, (query_length, has_cache), training -> backend
+    *[(PLAIN, device, forward, training, "sdpa")
+      for device in ("cpu", "cuda") for forward in (FULL, PREFILL, DECODE) for training in (False, True)],
+    *[(quirk, "cpu", forward, training, "eager")
+      for quirk in (CAPPED, WINDOWED, DROPOUT) for forward in (FULL, PREFILL, DECODE) for training in (False, True)],
+    *[(quirk, "cuda", forward, False, "flex_attention")
+      for quirk in (CAPPED, WINDOWED, DROPOUT) for forward in (FULL, PREFILL, SINGLE)],
+    (CAPPED, "cuda", FULL, True, "flex_attention"),
+    (WINDOWED, "cuda", FULL, True, "flex_attention"),
+    (CAPPED, "cuda", DECODE, False, "eager"),  # one query against a growing cache: no recompilation
+    (WINDOWED, "cuda", DECODE, False, "eager"),
+    (DROPOUT, "cuda", FULL, True, "eager"),  # flex has no attention dropout
+    (DROPOUT, "cuda", DECODE, False, "eager"),
+    # an explicit request wins everywhere
+    (dict(CAPPED, attn_implementation="flex_attention"), "cuda", DECODE, False, "flex_attention"),
+    (dict(CAPPED, attn_implementation="flex_attention"), "cpu", FULL, False, "flex_attention"),
+    (dict(CAPPED, attn_implementation="eager"), "cuda", FULL, True, "eager"),
+    (dict(WINDOWED, attn_implementation="sdpa"), "cuda", FULL, True, "sdpa"),
+    (dict(attn_implementation="eager"), "cuda", PREFILL, False, "eager"),
+]
 
-    model = ModernGPT2ForCausalLM(capped)
-    assert model.config._attn_implementation == "eager" and model.attention_backend(cuda) == "flex_attention"
-    assert ModernGPT2ForCausalLM(plain).attention_backend(cpu) == "sdpa"
+
+@pytest.mark.parametrize("overrides, device, forward, training, expected", SELECTION_TABLE)
+def test_backend_selection_table(overrides, device, forward, training, expected):
+    query_length, has_cache = forward
+    config = tiny_config(**overrides)
+    assert select_attention_backend(config, device, query_length, has_cache, training) == expected
+
+
+def test_models_select_per_forward_and_report_the_cpu_choice_in_the_config():
+    capped = ModernGPT2ForCausalLM(tiny_config(attn_logit_softcapping=50.0))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert capped.config._attn_implementation == "eager" and capped.attention_backend(cpu) == "eager"
+    assert capped.attention_backend(cuda) == "flex_attention"
+    assert capped.attention_backend(cuda, query_length=1, has_cache=True) == "eager"
+    assert capped.attention_backend("cuda", query_length=5, has_cache=True) == "flex_attention"
+    dropout = ModernGPT2ForCausalLM(tiny_config(sliding_window=8, attention_dropout=0.1))
+    assert dropout.train().attention_backend(cuda) == "eager"
+    assert dropout.eval().attention_backend(cuda) == "flex_attention"  # no dropout at inference
+    assert ModernGPT2ForCausalLM(tiny_config()).attention_backend(cpu) == "sdpa"
 
 
 def test_explicit_choice_is_honoured_on_every_device_and_can_be_changed():
@@ -125,6 +157,19 @@ def test_flex_attention_refuses_training_on_the_cpu():
     ids = torch.randint(0, VOCAB, (1, 8))
     with pytest.raises(ValueError, match="no backward pass on the CPU; train on the CPU with 'eager'"):
         model(ids, labels=ids)
+
+
+def test_unpadded_block_masks_are_built_once_across_forwards():
+    def masks(attention_mask=None, past_seen=0):
+        return build_attention_masks(["full_attention"], attention_mask, None, past_seen, 19, torch.device("cpu"))
+
+    first, second = masks()["full_attention"], masks()["full_attention"]
+    assert first.block_mask(None) is second.block_mask(None)  # a training loop at a fixed length builds it once
+    assert first.block_mask(4) is second.block_mask(4) and first.block_mask(4) is not first.block_mask(None)
+    assert masks(past_seen=3)["full_attention"].block_mask(None) is not first.block_mask(None)
+    mask = torch.ones(2, 19, dtype=torch.long)
+    mask[0, :4] = 0  # padding depends on the batch: never shared
+    assert masks(mask)["full_attention"].block_mask(None) is not masks(mask)["full_attention"].block_mask(None)
 
 
 def test_eager_and_sdpa_gradients_agree():

@@ -4,6 +4,8 @@ import json
 import re
 
 import pytest
+from torch import nn
+from transformers import Gemma2Config
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
 
@@ -121,20 +123,25 @@ def test_common_activations_are_accepted():
         assert config.activation_function == activation
 
 
-def test_tensor_parallel_and_pipeline_plans_name_real_modules():
+def test_tensor_parallel_plan_is_gemma2_s_and_splits_each_projection_by_its_direction():
+    # head_dim 24: q/k/v widths (96/48) differ from the hidden size 64, so a projection's direction is unambiguous
+    config = ModernGPT2Config(model_size_name="tiny", vocab_size=50, head_dim=24, use_per_layer_embedding=True,
+                              per_layer_vocab_size=20, per_layer_hidden_size=8)
+    plan = config.base_model_tp_plan
+    # Gemma2 has our module names; its plan is the reference (5.17 adds `embed_tokens` itself for tied embeddings)
+    assert plan.items() >= Gemma2Config.base_model_tp_plan.items()
+    layer = ModernGPT2ForCausalLM(config).model.layers[0]
+    split = {name: module for name, module in layer.named_modules()
+             if isinstance(module, nn.Linear) and not name.startswith("per_layer_gate")}  # PLE stays replicated
+    assert {f"layers.*.{name}" for name in split} == {key for key in plan if key.startswith("layers.")}
+    for name, linear in split.items():
+        # reading the hidden state: split the output features; writing back into it: split the input features
+        assert plan[f"layers.*.{name}"] == ("rowwise" if linear.out_features == config.n_embd else "colwise"), name
+
+
+def test_pipeline_plan_names_real_modules():
     config = ModernGPT2Config(model_size_name="tiny", vocab_size=50)
-    # transformers 5.17 adds `embed_tokens: embedding_rowwise` itself for tied embeddings
-    assert config.base_model_tp_plan.items() >= {
-        "layers.*.self_attn.q_proj": "colwise",
-        "layers.*.self_attn.k_proj": "colwise",
-        "layers.*.self_attn.v_proj": "colwise",
-        "layers.*.self_attn.o_proj": "rowwise",
-        "layers.*.mlp.gate_proj": "colwise",
-        "layers.*.mlp.up_proj": "colwise",
-        "layers.*.mlp.down_proj": "rowwise",
-    }.items()
-    base = ModernGPT2ForCausalLM(config).model
-    names = [name for name, _ in base.named_modules()]
-    for pattern in list(config.base_model_tp_plan) + list(config.base_model_pp_plan):
+    names = [name for name, _ in ModernGPT2ForCausalLM(config).model.named_modules()]
+    for pattern in config.base_model_pp_plan:
         regex = re.compile("^" + re.escape(pattern).replace(r"\*", r"\d+") + "$")
         assert any(regex.match(name) for name in names), pattern

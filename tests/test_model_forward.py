@@ -96,6 +96,28 @@ def test_rope_rotates_pairs_by_position_times_frequency_even_past_n_positions():
     assert torch.isfinite(ModernGPT2ForCausalLM(config)(long).logits).all()
 
 
+def test_rope_frequencies_are_a_float32_buffer_kept_out_of_the_state_dict(tmp_path):
+    model = ModernGPT2ForCausalLM(tiny_config(rope_theta=500.0))
+    rope = model.model.rotary_emb
+    expected = 1.0 / 500.0 ** (torch.arange(0, 16, 2).float() / 16)
+    torch.testing.assert_close(rope.inv_freq, expected, atol=0, rtol=1e-7)
+    assert not any("inv_freq" in name for name in model.state_dict())
+    model.to(torch.bfloat16)  # casts floating buffers; a bf16 frequency would drift at long positions
+    assert rope.inv_freq.dtype == torch.float32
+    torch.testing.assert_close(rope.inv_freq, expected, atol=0, rtol=1e-7)
+    model.save_pretrained(tmp_path)
+    loaded = ModernGPT2ForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).model.rotary_emb
+    assert loaded.inv_freq.dtype == torch.float32 and torch.equal(loaded.inv_freq, rope.inv_freq)
+    # forward reads the buffer: doubling every frequency is the same as doubling every position
+    positions = torch.tensor([[0, 3, 1000]])
+    x = torch.zeros(1, 3, 16)
+    doubled_positions = rope(x, 2 * positions)
+    with torch.no_grad():
+        rope.inv_freq.mul_(2.0)
+    for got, want in zip(rope(x, positions), doubled_positions):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
 def test_attention_matches_a_straightforward_rederivation_with_gqa_softcap_and_scaling():
     config = tiny_config(n_layer=1, head_dim=24, query_pre_attn_scalar=10, attn_logit_softcapping=2.0,
                          attn_implementation="eager")
@@ -242,8 +264,15 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(grads[name], reference_grads[name], atol=1e-7, rtol=1e-6)
 
 
-def test_bfloat16_forward_is_close_to_float32():
-    model = ModernGPT2ForCausalLM(tiny_config(attn_logit_softcapping=30.0, final_logit_softcapping=15.0))
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(attn_logit_softcapping=30.0, final_logit_softcapping=15.0),
+     dict(use_per_layer_embedding=True, per_layer_vocab_size=40, per_layer_hidden_size=8,
+          per_layer_combination_method="concat")],
+    ids=["softcaps", "per-layer-concat"],
+)
+def test_bfloat16_forward_is_close_to_float32(overrides):
+    model = ModernGPT2ForCausalLM(tiny_config(**overrides)).eval()
     ids = torch.randint(0, VOCAB, (2, 16))
     with torch.no_grad():
         reference = model(ids).logits
@@ -267,6 +296,21 @@ def test_sequence_classification_pools_the_last_real_token():
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
+def test_both_classification_heads_score_the_same_hidden_states():
+    config = tiny_config(num_labels=3)
+    sequence = ModernGPT2ForSequenceClassification(config).eval()
+    token = ModernGPT2ForTokenClassification(config).eval()
+    token.load_state_dict(sequence.state_dict())
+    ids = torch.randint(1, VOCAB, (2, 6))
+    with torch.no_grad():
+        per_token = token(ids).logits  # (B, S, 3)
+        pooled = sequence(ids).logits  # (B, 3): no mask and no pad id, so the last position
+    torch.testing.assert_close(pooled, per_token[:, -1], atol=0, rtol=0)
+    labels = torch.randint(0, 3, (2, 6))
+    expected = F.cross_entropy(per_token.reshape(-1, 3), labels.reshape(-1))
+    torch.testing.assert_close(token(ids, labels=labels).loss, expected)
+
+
 def test_modeling_code_is_self_contained():
     allowed_roots = {"math", "functools", "importlib", "torch", "transformers", "flash_attn"}  # flash_attn: optional
     for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py"):
@@ -284,14 +328,11 @@ def test_checkpoint_with_remote_code_loads_through_trust_remote_code(tmp_path):
     """save_pretrained copies the three model files next to the weights; transformers loads them from there."""
     config = tiny_config(attn_logit_softcapping=30.0, use_per_layer_embedding=True, per_layer_vocab_size=40,
                          per_layer_hidden_size=8)
-    ModernGPT2Config.register_for_auto_class()
-    ModernGPT2ForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-    try:
-        model = ModernGPT2ForCausalLM(config).eval()
-        model.save_pretrained(tmp_path)
-    finally:
-        for cls in (ModernGPT2Config, ModernGPT2ForCausalLM):
-            cls._auto_class = None
+    # importing the package registers both for remote code; checked here because the export depends on it
+    assert ModernGPT2Config._auto_class == "AutoConfig"
+    assert ModernGPT2ForCausalLM._auto_class == "AutoModelForCausalLM"
+    model = ModernGPT2ForCausalLM(config).eval()
+    model.save_pretrained(tmp_path)
     for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py"):
         assert (tmp_path / name).is_file(), name
     assert AutoConfig.from_pretrained(tmp_path).auto_map["AutoModelForCausalLM"].startswith("modeling_moderngpt2.")

@@ -1,4 +1,7 @@
-"""Per-layer embeddings: Gemma3n parity, combinations, the token map, backends, checkpointing, bf16."""
+"""Per-layer embeddings: Gemma3n parity, combinations, the token map and resizing, backends, checkpointing.
+
+The bf16 smoke test of a per-layer model is in test_model_forward.py.
+"""
 
 import itertools
 
@@ -142,6 +145,63 @@ def test_token_map_is_saved_and_reloaded_with_the_model(tmp_path):
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
 
 
+def vocabulary_style_map(unk_id=4):
+    """Like a per-layer vocabulary file: 30 chosen main ids get rows 5..34 of their own, all others the unknown row."""
+    token_map = torch.full((VOCAB,), unk_id)
+    chosen = torch.randperm(VOCAB)[:30]
+    token_map[chosen] = torch.arange(5, 35)
+    return token_map
+
+
+def test_growing_the_vocabulary_sends_new_ids_to_the_unknown_row_of_a_custom_map(tmp_path):
+    model = ModernGPT2ForCausalLM(ple_config()).eval()
+    token_map = vocabulary_style_map()
+    model.set_per_layer_token_map(token_map)
+    model.resize_token_embeddings(VOCAB + 8)
+    expected = torch.cat((token_map, torch.full((8,), 4)))
+    assert model.config.vocab_size == VOCAB + 8
+    assert torch.equal(model.model.per_layer_token_map, expected)
+    ids = torch.randint(0, VOCAB + 8, (2, 12))
+    ids[:, -3:] = torch.tensor([VOCAB, VOCAB + 4, VOCAB + 7])  # new tokens take part
+    with torch.no_grad():
+        derived = model(ids).logits
+        explicit = model(ids, per_layer_input_ids=expected[ids]).logits
+    assert derived.shape[-1] == VOCAB + 8 and torch.equal(derived, explicit)
+    model.save_pretrained(tmp_path)
+    reloaded = ModernGPT2ForCausalLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(reloaded.model.per_layer_token_map, expected)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, derived)
+
+
+@pytest.mark.parametrize("vocab_size, new_size", [(30, 45), (VOCAB, VOCAB + 5)])
+def test_growing_the_vocabulary_keeps_gemma3n_s_default_map(vocab_size, new_size):
+    model = ModernGPT2ForCausalLM(ple_config(vocab_size=vocab_size))
+    model.resize_token_embeddings(new_size)
+    ids = torch.arange(new_size)
+    assert torch.equal(model.model.per_layer_token_map, torch.where(ids < 40, ids, 0))  # new ids below 40 keep theirs
+
+
+def test_explicit_unknown_row_padding_and_shrinking():
+    model = ModernGPT2ForCausalLM(ple_config()).eval()
+    token_map = vocabulary_style_map(unk_id=2)
+    model.set_per_layer_token_map(token_map)
+    model.resize_token_embeddings(VOCAB + 1, pad_to_multiple_of=16, per_layer_unk_id=39)  # 98 -> 112
+    assert model.model.per_layer_token_map.shape == (112,)
+    assert torch.equal(model.model.per_layer_token_map[VOCAB:], torch.full((15,), 39))
+    ids = torch.randint(0, 90, (1, 9))
+    with torch.no_grad():
+        before = model(ids).logits
+        model.resize_token_embeddings(90)
+        after = model(ids).logits
+    assert torch.equal(model.model.per_layer_token_map, token_map[:90])
+    torch.testing.assert_close(after, before[..., :90], atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"per_layer_unk_id=40 must be a row of the per-layer table.*\[0, "
+                                         r"per_layer_vocab_size=40\)"):
+        model.resize_token_embeddings(100, per_layer_unk_id=40)
+    assert model.config.vocab_size == 90 and model.model.embed_tokens.weight.shape[0] == 90  # nothing half-done
+
+
 @pytest.mark.parametrize(
     "token_map, message",
     [
@@ -182,13 +242,3 @@ def test_gradient_checkpointing_with_per_layer_embeddings_gives_the_same_gradien
     assert torch.equal(results[0][0], results[1][0])
     for name, grad in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], grad, atol=1e-7, rtol=1e-6)
-
-
-def test_bfloat16_per_layer_forward_is_close_to_float32():
-    model = ModernGPT2ForCausalLM(ple_config(per_layer_combination_method="concat")).eval()
-    ids = torch.randint(0, VOCAB, (2, 12))
-    with torch.no_grad():
-        reference = model(ids).logits
-        low = model.to(torch.bfloat16)(ids).logits
-    assert low.dtype == torch.bfloat16
-    assert (low.float() - reference).abs().max() < 0.05 * reference.abs().max()

@@ -17,6 +17,8 @@ arguments, never hidden state. A backend that cannot honour one of them raises i
   backward there), so CPU training with softcapping uses `eager`.
 - `flash_attention_2`: the `flash_attn` package when installed (softcap and window native); unpadded inputs only.
 
+Which backend runs is decided per forward by `select_attention_backend` (device, query length, cache, training).
+
 This module imports only torch, so it can travel next to a checkpoint with the modeling file.
 """
 
@@ -36,12 +38,14 @@ class AttentionMask:
     boolean tensor, a flex BlockMask), built once per forward and shared by the layers of one attention type.
     """
 
-    def __init__(self, query_slots, key_slots, key_valid=None, aligned=False, keys_end_at_queries=False):
+    def __init__(self, query_slots, key_slots, key_valid=None, aligned=False, keys_end_at_queries=False,
+                 slot_starts=None):
         self.query_slots = query_slots  # (Q,) cache slot of each query
         self.key_slots = key_slots  # (K,) cache slot of each key
         self.key_valid = key_valid  # (B, K) bool, False on padding; None when nothing is padded
         self.aligned = aligned  # queries and keys are the same slots (no cache content before them)
         self.keys_end_at_queries = keys_end_at_queries  # keys are contiguous and end at the last query
+        self.slot_starts = slot_starts  # (first query slot, first key slot) as ints, when known without a sync
         self._built = {}
 
     def is_plain_causal(self, sliding_window):
@@ -66,27 +70,46 @@ class AttentionMask:
         return self._built[key]
 
     def block_mask(self, sliding_window):
-        """FlexAttention BlockMask for the same rule as `dense`."""
+        """FlexAttention BlockMask for the same rule as `dense`.
+
+        Without padding the mask depends only on the slot ranges, so it is taken from a small cache shared by
+        all forwards: a training loop at a fixed sequence length builds it once instead of every step.
+        """
         key = ("block", sliding_window)
         if key not in self._built:
-            from torch.nn.attention.flex_attention import create_block_mask
-
-            query_slots, key_slots, key_valid = self.query_slots, self.key_slots, self.key_valid
-
-            def mask_mod(b, h, q_idx, kv_idx):
-                q, k = query_slots[q_idx], key_slots[kv_idx]
-                allowed = k <= q
-                if sliding_window is not None:
-                    allowed = allowed & (q - k < sliding_window)
-                if key_valid is not None:
-                    allowed = allowed & (key_valid[b, kv_idx] | (k == q))
-                return allowed
-
-            batch = None if key_valid is None else key_valid.shape[0]
-            self._built[key] = create_block_mask(
-                mask_mod, batch, None, len(query_slots), len(key_slots), device=query_slots.device
-            )
+            cacheable = self.key_valid is None and self.slot_starts is not None
+            if cacheable and not torch.compiler.is_compiling():
+                self._built[key] = _unpadded_block_mask(
+                    self.query_slots.device, self.slot_starts[0], len(self.query_slots), self.slot_starts[1],
+                    len(self.key_slots), sliding_window,
+                )
+            else:
+                self._built[key] = _create_block_mask(self.query_slots, self.key_slots, self.key_valid,
+                                                      sliding_window)
         return self._built[key]
+
+
+def _create_block_mask(query_slots, key_slots, key_valid, sliding_window):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        q, k = query_slots[q_idx], key_slots[kv_idx]
+        allowed = k <= q
+        if sliding_window is not None:
+            allowed = allowed & (q - k < sliding_window)
+        if key_valid is not None:
+            allowed = allowed & (key_valid[b, kv_idx] | (k == q))
+        return allowed
+
+    batch = None if key_valid is None else key_valid.shape[0]
+    return create_block_mask(mask_mod, batch, None, len(query_slots), len(key_slots), device=query_slots.device)
+
+
+@functools.lru_cache(maxsize=32)
+def _unpadded_block_mask(device, query_start, query_length, key_start, key_length, sliding_window):
+    query_slots = torch.arange(query_length, device=device) + query_start
+    key_slots = torch.arange(key_length, device=device) + key_start
+    return _create_block_mask(query_slots, key_slots, None, sliding_window)
 
 
 def build_attention_masks(layer_types, attention_mask, past_key_values, past_seen, seq_len, device):
@@ -122,6 +145,7 @@ def build_attention_masks(layer_types, attention_mask, past_key_values, past_see
             key_valid,
             aligned=past_is_known_empty and kv_offset == 0 and kv_length == seq_len,
             keys_end_at_queries=not torch.is_tensor(past_seen) and kv_offset + kv_length == past_seen + seq_len,
+            slot_starts=None if torch.is_tensor(past_seen) or torch.is_tensor(kv_offset) else (past_seen, kv_offset),
         )
     return masks
 
@@ -246,13 +270,35 @@ def uses_attention_quirks(config):
     return config.attn_logit_softcapping is not None or "sliding_attention" in config.layer_types
 
 
-def automatic_attention_backend(config, device):
-    """The backend picked when none is requested: the fastest one that honours every setting on `device`."""
+def select_attention_backend(config, device_type, query_length, has_cache, training):
+    """The backend one forward runs: the explicit `attn_implementation` if there is one, else the automatic choice.
+
+    Automatic choice (the fastest backend that honours every setting):
+
+    | softcap or window | device     | the forward                                 | backend          |
+    |-------------------|------------|---------------------------------------------|------------------|
+    | neither           | any        | any                                         | `sdpa`           |
+    | either            | not CUDA   | any                                         | `eager`          |
+    | either            | CUDA       | decode step: 1 query and a cache            | `eager`          |
+    | either            | CUDA       | training with attention_dropout > 0         | `eager`          |
+    | either            | CUDA       | anything else (training, prefill, scoring)  | `flex_attention` |
+
+    Decode steps avoid flex: its compiled kernel and BlockMask are specialised to the key length, which grows by
+    one every step, so each step would recompile and rebuild the mask; eager's scores are only (B, H, 1, K).
+    `query_length=None` stands for a full-sequence forward.
+    """
+    requested = config._attn_implementation
+    if requested is not None and not getattr(config, "_attn_implementation_autoset", False):
+        return requested
     if not uses_attention_quirks(config):
         return "sdpa"
-    if device.type == "cuda" and config.attention_dropout == 0.0:
-        return "flex_attention"
-    return "eager"
+    if device_type != "cuda":
+        return "eager"  # flex runs uncompiled there, slower than eager, and has no backward on the CPU
+    if has_cache and query_length == 1:
+        return "eager"
+    if training and config.attention_dropout > 0.0:
+        return "eager"  # flex has no attention dropout
+    return "flex_attention"
 
 
 def check_attention_backend(name, config):

@@ -27,9 +27,9 @@ from transformers.utils import can_return_tuple
 
 from .attention_moderngpt2 import (
     ATTENTION_BACKENDS,
-    automatic_attention_backend,
     build_attention_masks,
     check_attention_backend,
+    select_attention_backend,
 )
 from .configuration_moderngpt2 import ModernGPT2Config
 
@@ -67,18 +67,33 @@ class ModernGPT2RMSNorm(nn.Module):
 
 
 class ModernGPT2RotaryEmbedding(nn.Module):
-    """RoPE (rotate-half). cos/sin are computed for the positions present, with no table, so any position works."""
+    """RoPE (rotate-half). cos/sin are computed for the positions present, with no table, so any position works.
+
+    The inverse frequencies are a float32 buffer computed once; non-persistent, so checkpoints do not carry them.
+    """
 
     def __init__(self, config):
         super().__init__()
         self.head_dim = config.head_dim
         self.base = config.rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)  # (D/2,)
+
+    def compute_inv_freq(self, device=None):
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        return 1.0 / (self.base**exponents)  # (D/2,) float32
+
+    def _apply(self, fn, *args, **kwargs):
+        # `model.to(torch.bfloat16)` casts every floating buffer. A bf16 frequency is off by up to 2^-9 relative,
+        # which at position 1000 turns into a rotation error of tenths of a radian, so the frequencies are
+        # recomputed in float32 on the new device instead of being cast.
+        super()._apply(fn, *args, **kwargs)
+        if self.inv_freq.dtype != torch.float32:
+            self.inv_freq = self.compute_inv_freq(self.inv_freq.device)
+        return self
 
     @torch.no_grad()
     def forward(self, x, position_ids):
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=x.device).float() / self.head_dim
-        inv_freq = 1.0 / (self.base**exponents)  # (D/2,)
-        freqs = position_ids[..., None].float() * inv_freq  # (B, S, D/2)
+        freqs = position_ids[..., None].float() * self.inv_freq.to(position_ids.device)  # (B, S, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, S, D)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
@@ -280,6 +295,9 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, ModernGPT2RMSNorm):
             init.zeros_(module.weight)
+        elif isinstance(module, ModernGPT2RotaryEmbedding):
+            # non-persistent, so never loaded: from_pretrained materialises it empty and relies on this
+            init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
         elif isinstance(module, PerLayerProjection):
             if module.combination_method == "concat":
                 # [I; I] * 2^-0.5 makes `concat` start exactly where `scaled_add` is, then learn from there.
@@ -300,9 +318,9 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
     def get_correct_attn_implementation(self, requested_attention, is_init_check=False):
         """Validate a requested backend, or pick one automatically when none is requested.
 
-        The automatic choice is re-made for the device of every forward (flex_attention on CUDA, eager on the
-        CPU, when softcapping or a window is on; sdpa otherwise); `config._attn_implementation` then shows the
-        CPU choice. An explicit request is always honoured, or refused with a ValueError naming the setting.
+        The automatic choice is re-made for every forward by `select_attention_backend` (device, decode step or
+        not, training); `config._attn_implementation` then shows the CPU choice. An explicit request is always
+        honoured, or refused with a ValueError naming the setting.
         """
         config = self.config
         still_automatic = getattr(config, "_attn_implementation_autoset", False) and (
@@ -310,7 +328,7 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         )
         if requested_attention is None or still_automatic:
             config._attn_implementation_autoset = True
-            return automatic_attention_backend(config, torch.device("cpu"))
+            return select_attention_backend(config, "cpu", query_length=None, has_cache=False, training=False)
         check_attention_backend(requested_attention, config)
         config._attn_implementation_autoset = False
         return requested_attention
@@ -345,17 +363,65 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         with torch.no_grad():
             self.base_model.per_layer_token_map.copy_(token_map.to(torch.long))
 
-    def attention_backend(self, device):
-        """The backend a forward on `device` uses."""
-        if getattr(self.config, "_attn_implementation_autoset", False) or self.config._attn_implementation is None:
-            return automatic_attention_backend(self.config, device)
-        return self.config._attn_implementation
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True,
+                                per_layer_unk_id=None):
+        """transformers' resize, keeping the per-layer token map one entry per main id.
+
+        Shrinking truncates the map. New main ids map to `per_layer_unk_id` when given; otherwise to what
+        Gemma3n's rule gives them while the map is still the default one, else to the map's unknown row (see
+        `resized_per_layer_token_map`).
+        """
+        if not self.config.use_per_layer_embedding:
+            return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = self.config.per_layer_vocab_size
+        if per_layer_unk_id is not None and not (isinstance(per_layer_unk_id, int) and 0 <= per_layer_unk_id < size):
+            raise ValueError(
+                f"per_layer_unk_id={per_layer_unk_id!r} must be a row of the per-layer table, an integer in "
+                f"[0, per_layer_vocab_size={size})"
+            )
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        base = self.base_model
+        base.per_layer_token_map = resized_per_layer_token_map(
+            base.per_layer_token_map, self.config.vocab_size, self.config.per_layer_vocab_size, per_layer_unk_id
+        )
+        return embeddings
+
+    def attention_backend(self, device, query_length=None, has_cache=False):
+        """The backend a forward on `device` uses: a full sequence by default, `query_length=1, has_cache=True`
+        for a decode step (see `select_attention_backend`)."""
+        return select_attention_backend(self.config, torch.device(device).type, query_length, has_cache,
+                                        self.training)
+
+
+def gemma3n_per_layer_ids(main_ids, per_layer_vocab_size):
+    """Gemma3n's rule: a main id below per_layer_vocab_size is its own per-layer id, any other id maps to row 0."""
+    return torch.where(main_ids < per_layer_vocab_size, main_ids, torch.zeros_like(main_ids))
 
 
 def default_per_layer_token_map(config):
-    """Gemma3n's map: a main id below per_layer_vocab_size is its own per-layer id, any other id maps to 0."""
-    ids = torch.arange(config.vocab_size, dtype=torch.long)
-    return torch.where(ids < config.per_layer_vocab_size, ids, torch.zeros_like(ids))
+    """The map a fresh model starts with: Gemma3n's rule for every main id."""
+    return gemma3n_per_layer_ids(torch.arange(config.vocab_size, dtype=torch.long), config.per_layer_vocab_size)
+
+
+def resized_per_layer_token_map(token_map, new_size, per_layer_vocab_size, unk_id=None):
+    """`token_map` cut or extended to `new_size` main ids.
+
+    Extension rows: `unk_id` when given; else Gemma3n's rule when the map is still Gemma3n's (so the result is
+    the default map of the new size); else the map's unknown row, taken to be the row most main ids share (a
+    per-layer vocabulary gives each chosen token a row of its own and sends every other token to its unknown row).
+    """
+    old_size = token_map.shape[0]
+    if new_size <= old_size:
+        return token_map[:new_size].clone()
+    new_ids = torch.arange(old_size, new_size, dtype=torch.long, device=token_map.device)
+    old_ids = torch.arange(old_size, dtype=torch.long, device=token_map.device)
+    if unk_id is None and torch.equal(token_map, gemma3n_per_layer_ids(old_ids, per_layer_vocab_size)):
+        extension = gemma3n_per_layer_ids(new_ids, per_layer_vocab_size)
+    else:
+        if unk_id is None:
+            unk_id = int(torch.bincount(token_map).argmax())  # ties: the lowest row
+        extension = torch.full_like(new_ids, unk_id)
+    return torch.cat((token_map, extension))
 
 
 class ModernGPT2Model(ModernGPT2PreTrainedModel):
@@ -421,7 +487,7 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
             per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
             per_layer_inputs = self.per_layer_projection(inputs_embeds, per_layer_embeds)  # (B, S, L, d)
 
-        attn_backend = self.attention_backend(inputs_embeds.device)
+        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, past_key_values is not None)
         masks = build_attention_masks(self.config.layer_types, attention_mask, past_key_values, past_seen, seq_len,
                                       inputs_embeds.device)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
@@ -600,13 +666,17 @@ def causal_lm_loss_from_logits(logits, labels, num_items_in_batch=None):
     return _normalise_loss(loss_sum, targets, num_items_in_batch)
 
 
-class ModernGPT2ForSequenceClassification(ModernGPT2PreTrainedModel):
-    """Classifies a sequence from its last real token (the last attended one, else the last non-pad one)."""
+class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):
+    """The base model with a linear `score` layer on every position; what the two classification heads share.
+
+    A `classifier_dropout` attribute on the config (not a field of ours; absent means 0) is applied before `score`.
+    """
 
     def __init__(self, config):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = ModernGPT2Model(config)
+        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.0)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
 
@@ -618,7 +688,14 @@ class ModernGPT2ForSequenceClassification(ModernGPT2PreTrainedModel):
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, per_layer_input_ids=per_layer_input_ids,
             use_cache=use_cache, **kwargs,
         )
-        logits = self.score(outputs.last_hidden_state)  # (B, S, num_labels)
+        logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, S, num_labels)
+        return self.head_output(outputs, logits, labels, input_ids, attention_mask)
+
+
+class ModernGPT2ForSequenceClassification(ModernGPT2ScoringModel):
+    """Classifies a sequence from its last real token (the last attended one, else the last non-pad one)."""
+
+    def head_output(self, outputs, logits, labels, input_ids, attention_mask):
         positions = torch.arange(logits.shape[1], device=logits.device)
         if attention_mask is not None:
             last = (positions * attention_mask.to(logits.device, torch.long)).argmax(-1)
@@ -637,24 +714,10 @@ class ModernGPT2ForSequenceClassification(ModernGPT2PreTrainedModel):
         )
 
 
-class ModernGPT2ForTokenClassification(ModernGPT2PreTrainedModel):
-    def __init__(self, config):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.model = ModernGPT2Model(config)
-        self.dropout = nn.Dropout(getattr(config, "classifier_dropout", None) or 0.0)
-        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
-        self.post_init()
+class ModernGPT2ForTokenClassification(ModernGPT2ScoringModel):
+    """Labels every token."""
 
-    @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, per_layer_input_ids=None, labels=None, use_cache=None, **kwargs):
-        outputs = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, per_layer_input_ids=per_layer_input_ids,
-            use_cache=use_cache, **kwargs,
-        )
-        logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, S, num_labels)
+    def head_output(self, outputs, logits, labels, input_ids, attention_mask):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config)
