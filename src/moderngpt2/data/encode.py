@@ -1,0 +1,139 @@
+"""Chunks of raw records -> token arrays, in order, on threads or worker processes.
+
+A ``ChunkEncoder`` decodes a ``RawChunk`` (JSON parsing, UTF-8 checks), tokenizes its documents with the
+Rust tokenizer's batch encoder, and returns one flat int32 array: every document followed by EOS (and
+preceded by BOS when the tokenizer has a BOS different from EOS). It also returns each document's length
+and a seeded 64-bit hash of its text, which decides the train/validation split.
+
+``encode_in_order`` runs the encoder over a stream of chunks with a bounded number in flight, on two
+background threads (``num_proc=1``: the Rust encoder is multi-threaded and releases the GIL, so one thread's
+Python work overlaps the other's encoding) or on ``num_proc`` processes (each single-threaded). Results
+come back in input order either way, so the output does not depend on ``num_proc``.
+"""
+
+import hashlib
+import itertools
+import multiprocessing
+import os
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .sources import Position, RawChunk, decode_chunk
+
+THREADS = 2
+
+
+@dataclass
+class EncodedChunk:
+    tokens: np.ndarray  # int32, the documents with their separators, back to back
+    lengths: np.ndarray  # int64, tokens per document (separators included)
+    digests: np.ndarray  # uint64, seeded hash of each document's text
+    text_bytes: int  # UTF-8 bytes of the documents
+    raw_bytes: int  # bytes of input read for this chunk
+    skipped: Counter
+    end: Position
+
+
+def text_digest(text: str, seed: int = 0) -> int:
+    """A seeded 64-bit hash of a document, the same in every process and on every run."""
+    key = str(seed).encode()
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key).digest(), "little")
+
+
+@dataclass
+class EncoderSettings:
+    tokenizer_json: str  # the backend tokenizer, serialised: cheap to send to a worker process
+    eos_id: int
+    bos_id: int | None  # prepended to each document when set
+    text_field: str = "text"
+    on_bad_record: str = "error"
+    seed: int = 0
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer, **kwargs) -> "EncoderSettings":
+        return cls(tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, distinct_bos(tokenizer), **kwargs)
+
+
+def distinct_bos(tokenizer) -> int | None:
+    """The BOS id when it differs from EOS (then each document starts with it), else None (GPT-2 style)."""
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return bos if bos is not None and bos != eos else None
+
+
+class ChunkEncoder:
+    def __init__(self, settings: EncoderSettings):
+        from tokenizers import Tokenizer
+
+        self.settings = settings
+        self.tokenizer = Tokenizer.from_str(settings.tokenizer_json)
+        self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+
+    def __call__(self, chunk: RawChunk) -> EncodedChunk:
+        s = self.settings
+        texts, skipped = decode_chunk(chunk, s.text_field, s.on_bad_record)
+        encodings = self._encode(texts, add_special_tokens=False) if texts else []
+        ids = [e.ids for e in encodings]
+        body_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(body_lengths.sum()))
+        ends = np.cumsum(body_lengths)
+        tokens = np.insert(flat, ends, np.int32(s.eos_id))
+        lengths = body_lengths + 1
+        if s.bos_id is not None:
+            starts = np.concatenate([[0], ends[:-1]]) if len(ends) else ends
+            tokens = np.insert(tokens, starts + np.arange(len(starts)), np.int32(s.bos_id))
+            lengths = lengths + 1
+        digests = np.fromiter((text_digest(t, s.seed) for t in texts), dtype=np.uint64, count=len(texts))
+        text_bytes = sum(len(t.encode("utf-8")) for t in texts)
+        return EncodedChunk(tokens.astype(np.int32, copy=False), lengths, digests, text_bytes, chunk.nbytes, skipped,
+                            chunk.end)
+
+
+_worker_encoder = None
+
+
+def _init_worker(settings: EncoderSettings) -> None:
+    global _worker_encoder
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
+    _worker_encoder = ChunkEncoder(settings)
+
+
+def _encode_in_worker(chunk: RawChunk) -> EncodedChunk:
+    return _worker_encoder(chunk)
+
+
+def _process_context():
+    # fork starts workers instantly; where it is unavailable (macOS, Windows) spawn is the safe default
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def encode_in_order(chunks, settings: EncoderSettings, num_proc: int = 1):
+    """Encoded chunks in input order, with at most a few chunks per worker in flight."""
+    if num_proc <= 1:
+        # two threads: while one waits in the Rust encoder (GIL released), the other does the Python work
+        encoder = ChunkEncoder(settings)
+        with ThreadPoolExecutor(max_workers=THREADS) as pool:
+            yield from _ordered(chunks, lambda chunk: pool.submit(encoder, chunk), depth=THREADS + 1,
+                                get=lambda future: future.result())
+        return
+    pool = _process_context().Pool(num_proc, initializer=_init_worker, initargs=(settings,))
+    try:
+        yield from _ordered(chunks, lambda chunk: pool.apply_async(_encode_in_worker, (chunk,)),
+                            depth=2 * num_proc, get=lambda result: result.get())
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _ordered(chunks, submit, depth, get):
+    pending = deque()
+    for chunk in chunks:
+        pending.append(submit(chunk))
+        if len(pending) >= depth:
+            yield get(pending.popleft())
+    while pending:
+        yield get(pending.popleft())

@@ -1,0 +1,294 @@
+"""``moderngpt2 per-layer-vocab``: choose a per-layer vocabulary from corpus statistics, write it as JSON,
+and optionally write an explicit per-layer id stream aligned with pretokenized data.
+
+The corpus is ``--input`` text (tokenized here) or the train split of ``--pre_tokenized_dataset_path``.
+The strategies are defined in ``per_layer_strategies``. The JSON file (``load_per_layer_vocab`` reads it)::
+
+    {"format": "moderngpt2-per-layer-vocab", "version": 1, "strategy": ..., "per_layer_vocab_size": V_p,
+     "tokenizer_fingerprint": ..., "main_vocab_size": V, "unk_id": 4,
+     "vocab": {token string -> per-layer id}, "token_map": [per-layer id of every main id],
+     "coverage": share of corpus tokens with their own per-layer id, "seed": int or null, ...}
+
+``--per-layer-output-prefix DIR`` maps every block of the pretokenized data through the token map and
+writes ``DIR/<split>/shard-*.parquet`` (column ``per_layer_input_ids``) or ``DIR/<split>_text_document.bin/.idx``
+with exactly the layout of the main data, then ``DIR/manifest.json`` last.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..tokenization import load_tokenizer, tokenizer_fingerprint
+from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
+from .blocks import iter_shard_blocks, write_shard_groups
+from .encode import EncoderSettings, encode_in_order
+from .layout import MAIN_COLUMN, MANIFEST, PER_LAYER_COLUMN, PER_LAYER_FORMAT
+from .loader import check_tokenizer, read_manifest
+from .megatron import index_bytes, open_tokens, token_dtype
+from .per_layer_strategies import RESERVED, STRATEGIES, CorpusStats, classify_surfaces, coverage, select
+from .sources import iter_chunks, resolve_sources
+
+VOCAB_FORMAT = "moderngpt2-per-layer-vocab"
+
+
+@dataclass
+class PerLayerVocab:
+    strategy: str
+    per_layer_vocab_size: int
+    tokenizer_fingerprint: str
+    main_vocab_size: int
+    unk_id: int
+    vocab: dict
+    token_map: list
+    coverage: float | None = None
+    seed: int | None = None
+    corpus_documents: int | None = None
+    corpus_tokens: int | None = None
+
+
+def load_per_layer_vocab(path: str) -> PerLayerVocab:
+    """Read and check a per-layer vocabulary file; any problem is a one-line error naming the file."""
+    if not os.path.exists(path):
+        raise UserError(f"per-layer vocabulary file not found: {path} — make one with `moderngpt2 per-layer-vocab`")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not a per-layer vocabulary file ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT or data.get("version") != 1:
+        raise UserError(f"{path}: not a {VOCAB_FORMAT} version 1 file")
+    missing = [name for name in ("strategy", "per_layer_vocab_size", "tokenizer_fingerprint", "main_vocab_size",
+                                 "unk_id", "vocab", "token_map") if name not in data]
+    if missing:
+        raise UserError(f"{path}: missing {', '.join(missing)}")
+    size, token_map = data["per_layer_vocab_size"], data["token_map"]
+    if len(token_map) != data["main_vocab_size"]:
+        raise UserError(f"{path}: token_map has {len(token_map)} entries for a main vocabulary of "
+                        f"{data['main_vocab_size']}")
+    if not all(isinstance(i, int) and 0 <= i < size for i in token_map) or not 0 <= data["unk_id"] < size:
+        raise UserError(f"{path}: token_map or unk_id holds ids outside 0..{size - 1}")
+    fields = {name: data.get(name) for name in PerLayerVocab.__dataclass_fields__}
+    return PerLayerVocab(**fields)
+
+
+def save_per_layer_vocab(path: str, vocab: PerLayerVocab) -> None:
+    data = {"format": VOCAB_FORMAT, "version": 1, **asdict(vocab)}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+
+
+def token_surfaces(tokenizer) -> list[str]:
+    """The text each main id decodes to on its own."""
+    ids = [[i] for i in range(len(tokenizer))]
+    return tokenizer.backend_tokenizer.decode_batch(ids, skip_special_tokens=False)
+
+
+def _stats_from_input(args, tokenizer, stats: CorpusStats) -> None:
+    sources = resolve_sources(source_specs(args), args.c4_dataset)
+    settings = EncoderSettings.for_tokenizer(tokenizer, text_field=args.text_field, on_bad_record=args.on_bad_record)
+    chunks = iter_chunks(sources, None, args.max_input_lines_total, args.text_field, args.dataset_split)
+    with tqdm(desc="corpus statistics", unit="B", unit_scale=True, disable=args.no_progress) as bar:
+        for encoded in encode_in_order(chunks, settings, args.num_proc):
+            stats.add(encoded.tokens, encoded.lengths)
+            bar.update(encoded.raw_bytes)
+
+
+def _documents_of_stream(groups, eos_id: int):
+    """(tokens, lengths) of whole documents from a token stream given in pieces; documents end at EOS."""
+    pending = np.zeros(0, dtype=np.int64)
+    for piece in groups:
+        tokens = np.concatenate([pending, np.asarray(piece, dtype=np.int64).reshape(-1)])
+        ends = np.flatnonzero(tokens == eos_id) + 1
+        if not ends.size:
+            pending = tokens
+            continue
+        yield tokens[:ends[-1]], np.diff(np.concatenate([[0], ends]))
+        pending = tokens[ends[-1]:]
+    if pending.size:  # the last document, cut where the final block ended
+        yield pending, np.array([pending.size])
+
+
+def _train_stream(path: str, manifest: dict):
+    """The train split's token stream, in pieces, in order."""
+    entry = manifest["splits"]["train"]
+    if manifest.get("storage") == "megatron":
+        _, tokens = open_tokens(os.path.join(path, entry["prefix"]))
+        step = 1 << 20
+        for start in range(0, tokens.size, step):
+            yield np.asarray(tokens[start:start + step])
+        return
+    for shard in entry["shards"]:
+        yield from iter_shard_blocks(os.path.join(path, shard), MAIN_COLUMN, manifest["block_size"])
+
+
+def _stats_from_pretokenized(path: str, manifest: dict, stats: CorpusStats, progress: bool) -> None:
+    total = manifest["splits"]["train"]["tokens"]
+    with tqdm(total=total, desc="corpus statistics", unit="tok", unit_scale=True, disable=not progress) as bar:
+        for tokens, lengths in _documents_of_stream(_train_stream(path, manifest), manifest["eos_token_id"]):
+            stats.add(tokens, lengths)
+            bar.update(tokens.size)
+
+
+# ----------------------------------------------------------------------------------------------- the stream
+
+
+def write_per_layer_stream(main_path: str, manifest: dict, vocab: PerLayerVocab, out_dir: str,
+                           progress: bool = True) -> dict:
+    """Map every block of ``main_path`` through the token map into ``out_dir``, with the same layout."""
+    table = np.asarray(vocab.token_map, dtype=np.int32)
+    block_size = manifest["block_size"]
+    os.makedirs(out_dir, exist_ok=True)
+    if os.path.exists(os.path.join(out_dir, MANIFEST)):
+        os.remove(os.path.join(out_dir, MANIFEST))  # the old stream stops being valid before any shard changes
+    splits = {}
+    total = sum(entry["tokens"] for entry in manifest["splits"].values())
+    with tqdm(total=total, desc="per-layer stream", unit="tok", unit_scale=True, disable=not progress) as bar:
+        for split, entry in manifest["splits"].items():
+            if manifest.get("storage") == "megatron":
+                _map_megatron(os.path.join(main_path, entry["prefix"]), os.path.join(out_dir, entry["prefix"]),
+                              table, token_dtype(vocab.per_layer_vocab_size), bar)
+            else:
+                os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+                for shard in entry["shards"]:
+                    groups = iter_shard_blocks(os.path.join(main_path, shard), MAIN_COLUMN, block_size)
+                    write_shard_groups(os.path.join(out_dir, shard), _mapped(groups, table, bar), PER_LAYER_COLUMN)
+            splits[split] = {key: entry[key] for key in ("documents", "tokens", "blocks", "shards", "prefix")
+                             if key in entry}
+    stream = {"format": PER_LAYER_FORMAT, "version": 1, "storage": manifest.get("storage", "parquet"),
+              "block_size": block_size, "column": PER_LAYER_COLUMN, "main_settings_hash": manifest["settings_hash"],
+              "main_tokenizer_fingerprint": manifest["tokenizer_fingerprint"],
+              "per_layer_vocab_size": vocab.per_layer_vocab_size, "strategy": vocab.strategy,
+              "token_map_sha256": hashlib.sha256(table.astype("<i4").tobytes()).hexdigest(), "splits": splits}
+    with open(os.path.join(out_dir, MANIFEST + ".tmp"), "w", encoding="utf-8") as f:
+        json.dump(stream, f, indent=2, sort_keys=True)
+    os.replace(os.path.join(out_dir, MANIFEST + ".tmp"), os.path.join(out_dir, MANIFEST))
+    return stream
+
+
+def _mapped(groups, table, bar):
+    for blocks in groups:
+        bar.update(blocks.size)
+        yield table[blocks]
+
+
+def _map_megatron(prefix: str, out_prefix: str, table, dtype, bar) -> None:
+    index, tokens = open_tokens(prefix)
+    step = 1 << 20
+    with open(out_prefix + ".bin.tmp", "wb") as f:
+        for start in range(0, tokens.size, step):
+            piece = np.asarray(tokens[start:start + step])
+            f.write(table[piece].astype(np.dtype(dtype).newbyteorder("<")).tobytes())
+            bar.update(piece.size)
+    with open(out_prefix + ".idx.tmp", "wb") as f:
+        f.write(index_bytes(dtype, index.lengths))
+    os.replace(out_prefix + ".bin.tmp", out_prefix + ".bin")
+    os.replace(out_prefix + ".idx.tmp", out_prefix + ".idx")
+
+
+# ----------------------------------------------------------------------------------------------- command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moderngpt2 per-layer-vocab",
+        description="Choose a per-layer vocabulary from corpus statistics (strategies: "
+                    f"{', '.join(STRATEGIES)}) and write it as JSON; optionally write explicit per-layer "
+                    "id streams aligned with pretokenized data.")
+    add_tokenizer_flags(parser)
+    add_source_flags(parser)
+    add_flag(parser, "--pre_tokenized_dataset_path", default=None,
+             help="pretokenized data (from `moderngpt2 pretokenize`): the corpus when --input is not given, "
+                  "and the data that --per-layer-output-prefix is aligned with")
+    add_flag(parser, "--per-layer-vocab-size", type=int, default=10000, help="per-layer vocabulary V_p (10000)")
+    add_flag(parser, "--per-layer-strategy", choices=STRATEGIES, default="syntax_focus",
+             help="how main ids are chosen (default: syntax_focus; see docs/data.md for the definitions)")
+    add_flag(parser, "--output", default=None, help="where to write per_layer_vocab.json (required)")
+    parser.add_argument("--per-layer-vocab-file", "--per_layer_vocab_file", dest="output", help="same as --output")
+    add_flag(parser, "--per-layer-output-prefix", default=None,
+             help="also write the aligned per-layer id stream of --pre_tokenized_dataset_path into this directory")
+    add_flag(parser, "--seed", type=int, default=0, help="seed of random_subset (default: 0)")
+    add_flag(parser, "--num_proc", type=int, default=1, help="tokenizer processes for --input (default: 1)")
+    add_flag(parser, "--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def build_per_layer_vocab(args, tokenizer, manifest: dict | None) -> PerLayerVocab:
+    size = args.per_layer_vocab_size
+    minimum = 1 if args.per_layer_strategy == "identity" else len(RESERVED) + 1
+    if size < minimum:
+        raise UserError(f"--per-layer-vocab-size must be at least {minimum} for {args.per_layer_strategy} "
+                        f"(ids 0-4 are reserved), got {size}")
+    surfaces = token_surfaces(tokenizer)
+    classes = classify_surfaces(surfaces)
+    stats = CorpusStats(len(tokenizer), classes.sentence_end)
+    if args.input or args.c4_langs:
+        _stats_from_input(args, tokenizer, stats)
+    else:
+        _stats_from_pretokenized(args.pre_tokenized_dataset_path, manifest, stats, not args.no_progress)
+    if stats.documents == 0:
+        raise UserError("the corpus holds no documents: nothing to count")
+    special_ids = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "all": set(tokenizer.all_special_ids)}
+    selection = select(args.per_layer_strategy, stats, classes, size, special_ids, args.seed)
+    strings = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    if args.per_layer_strategy == "identity":
+        vocab = {strings[i]: int(i) for i in selection.chosen}
+    else:
+        vocab = {name: i for i, name in enumerate(RESERVED)}
+        for offset, main_id in enumerate(selection.chosen):
+            vocab.setdefault(strings[main_id], len(RESERVED) + offset)
+    return PerLayerVocab(
+        strategy=args.per_layer_strategy, per_layer_vocab_size=size,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), main_vocab_size=len(tokenizer),
+        unk_id=selection.unk_id, vocab=vocab, token_map=selection.token_map.tolist(),
+        coverage=round(coverage(selection, stats), 6),
+        seed=args.seed if args.per_layer_strategy == "random_subset" else None,
+        corpus_documents=stats.documents, corpus_tokens=stats.tokens)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.output:
+        parser.error("--output (or --per-layer-vocab-file) is required")
+    tokenizer = load_tokenizer(args.tokenizer_path, args.vocab_file, args.merge_file)
+    manifest = None
+    if args.pre_tokenized_dataset_path:
+        manifest = read_manifest(args.pre_tokenized_dataset_path)
+        check_tokenizer(manifest, tokenizer, args.pre_tokenized_dataset_path)
+    elif not (args.input or args.c4_langs):
+        raise UserError("no corpus — pass --input FILE ... or --pre_tokenized_dataset_path OUT")
+    if args.per_layer_output_prefix and manifest is None:
+        raise UserError("--per-layer-output-prefix writes ids aligned with pretokenized data: "
+                        "also pass --pre_tokenized_dataset_path OUT")
+    vocab = build_per_layer_vocab(args, tokenizer, manifest)
+    save_per_layer_vocab(args.output, vocab)
+    own = sum(1 for i in vocab.token_map if i != vocab.unk_id) if vocab.strategy != "identity" else \
+        min(vocab.per_layer_vocab_size, vocab.main_vocab_size)
+    print(f"{vocab.strategy}: {own:,} of {vocab.main_vocab_size:,} main ids have their own per-layer id "
+          f"(V_p = {vocab.per_layer_vocab_size:,})")
+    print(f"coverage: {100 * vocab.coverage:.2f}% of {vocab.corpus_tokens:,} corpus tokens "
+          f"({vocab.corpus_documents:,} documents)")
+    print(f"wrote {args.output}")
+    if args.per_layer_output_prefix:
+        stream = write_per_layer_stream(args.pre_tokenized_dataset_path, manifest, vocab,
+                                        args.per_layer_output_prefix, not args.no_progress)
+        blocks = {split: entry["blocks"] for split, entry in stream["splits"].items()}
+        print(f"wrote the per-layer stream to {args.per_layer_output_prefix} ({blocks})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

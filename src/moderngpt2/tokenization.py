@@ -1,0 +1,239 @@
+"""Tokenizers: train one (byte-level BPE or unigram), load one, and fingerprint it.
+
+``moderngpt2 train-tokenizer`` writes a directory that ``AutoTokenizer.from_pretrained`` loads. Both kinds
+round-trip any text exactly (``decode(encode(x)) == x``): byte-level BPE by construction, unigram through
+SentencePiece-style byte fallback (the 256 byte pieces ``<0x00>`` ... ``<0xFF>`` are part of the vocabulary),
+and neither normalises the text. The special tokens come first, so their ids are the smallest ones and
+always below the vocabulary size the model uses.
+
+A GPT-2 style ``vocab.json`` + ``merges.txt`` pair is accepted wherever a tokenizer is (``load_tokenizer``).
+``tokenizer_fingerprint`` identifies a tokenizer by what decides its ids, so pretokenized data can be
+checked against the tokenizer a run uses.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from .data.arguments import add_flag, add_source_flags, source_specs
+from .data.sources import iter_texts
+from .errors import UserError
+
+DEFAULT_C4_LANGS = ["en", "ja", "ko", "zh"]
+GPT2_EOS = "<|endoftext|>"
+BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
+METASPACE = "\u2581"
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def _looks_local(path: str) -> bool:
+    """A hub name is ``name`` or ``owner/name``; anything else that does not exist is a missing folder."""
+    return path.startswith(("/", "./", "../", "~")) or path.count("/") > 1
+
+
+def _from_vocab_and_merges(vocab_file: str, merge_file: str):
+    from transformers import PreTrainedTokenizerFast
+
+    for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
+        if not os.path.isfile(path):
+            raise UserError(f"{flag} not found: {path}")
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            vocab = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{vocab_file}: not a JSON vocabulary ({error}) — expected GPT-2's vocab.json") from None
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise UserError(f"{vocab_file}: expected a JSON object mapping token -> id, like GPT-2's vocab.json")
+    if GPT2_EOS not in vocab:
+        raise UserError(f"{vocab_file}: no '{GPT2_EOS}' token — GPT-2 style data needs it between documents")
+    try:
+        model = models.BPE.from_file(vocab_file, merge_file)
+    except Exception as error:  # the Rust loader reports bad merges with its own exception type
+        raise UserError(f"{merge_file}: not a GPT-2 merges file ({error})") from None
+    backend = Tokenizer(model)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    backend.add_special_tokens([GPT2_EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=GPT2_EOS, eos_token=GPT2_EOS,
+                                   unk_token=GPT2_EOS, pad_token=GPT2_EOS, clean_up_tokenization_spaces=False)
+
+
+def load_tokenizer(tokenizer_path=None, vocab_file=None, merge_file=None):
+    """A fast (Rust-backed) Hugging Face tokenizer from a directory or hub name, or a vocab/merges pair."""
+    if tokenizer_path and (vocab_file or merge_file):
+        raise UserError("give either --tokenizer_path or --vocab-file/--merge-file, not both")
+    if vocab_file or merge_file:
+        if not (vocab_file and merge_file):
+            raise UserError("--vocab-file and --merge-file go together: give both")
+        return _from_vocab_and_merges(vocab_file, merge_file)
+    if not tokenizer_path:
+        raise UserError("no tokenizer given — pass --tokenizer_path DIR (from `moderngpt2 train-tokenizer`) "
+                        "or --vocab-file vocab.json --merge-file merges.txt")
+    path = os.path.expanduser(tokenizer_path)
+    if not os.path.exists(path) and _looks_local(path):
+        raise UserError(f"Tokenizer not found: {tokenizer_path} — train one with `moderngpt2 train-tokenizer` "
+                        "or pass --vocab-file/--merge-file")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as error:  # OSError, ValueError, EnvironmentError from the hub or a broken directory
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not os.path.exists(path):
+            raise UserError(f"Tokenizer not found: {tokenizer_path} — no such directory, and not loadable as a "
+                            f"hub name ({first_line})") from None
+        raise UserError(f"cannot load the tokenizer {tokenizer_path}: {first_line}") from None
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise UserError(f"{tokenizer_path}: not a fast (Rust) tokenizer — save it with tokenizer.json")
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A stable hash of what decides token ids: vocabulary, merges, added tokens, pre-tokenizer, specials."""
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    essentials = {
+        "model": backend.get("model"),
+        "added_tokens": [(t["id"], t["content"], t["special"]) for t in backend.get("added_tokens") or []],
+        "normalizer": backend.get("normalizer"),
+        "pre_tokenizer": backend.get("pre_tokenizer"),
+        "specials": {role: getattr(tokenizer, role, None) for role in ("bos_token", "eos_token", "unk_token",
+                                                                        "pad_token")},
+    }
+    # the Rust serialisation orders everything (vocabulary by id, merges by rank): no key sorting needed
+    canonical = json.dumps(essentials, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def special_tokens_in_order(special_tokens, bos, eos, unk, pad) -> list[str]:
+    """The user's special tokens in their order, then any role token they left out; no duplicates."""
+    return list(dict.fromkeys([*(special_tokens or []), eos, bos, unk, pad]))
+
+
+def _bpe_backend(vocab_size, specials, min_frequency, progress):
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress)
+    return backend, trainer
+
+
+def _unigram_backend(vocab_size, specials, unk, progress):
+    backend = Tokenizer(models.Unigram())
+    # "never": no piece is prepended, so a text's first character survives the round trip unchanged
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="never")
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Metaspace(replacement=METASPACE, prepend_scheme="never")])
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size - len(BYTE_PIECES), special_tokens=specials,
+                                      unk_token=unk, show_progress=progress)
+    return backend, trainer
+
+
+def _with_byte_fallback(backend, unk):
+    """Append the 256 byte pieces to a trained unigram model so that no character is ever unknown."""
+    model = json.loads(backend.to_str())["model"]
+    pieces = [(piece, score) for piece, score in model["vocab"]]
+    known = {piece for piece, _ in pieces}
+    lowest = min(score for _, score in pieces)
+    pieces += [(piece, lowest - 1.0) for piece in BYTE_PIECES if piece not in known]
+    unk_id = next(i for i, (piece, _) in enumerate(pieces) if piece == unk)
+    backend.model = models.Unigram(pieces, unk_id, byte_fallback=True)
+    return backend
+
+
+def train_tokenizer(texts, model_type="bpe", vocab_size=32000, special_tokens=None, bos_token=GPT2_EOS,
+                    eos_token=GPT2_EOS, unk_token="<unk>", pad_token="<pad>", min_frequency=2, progress=True):
+    """Train a tokenizer on an iterable of strings and wrap it as a ``PreTrainedTokenizerFast``."""
+    from transformers import PreTrainedTokenizerFast
+
+    specials = special_tokens_in_order(special_tokens, bos_token, eos_token, unk_token, pad_token)
+    floor = len(specials) + 256
+    if vocab_size < floor:
+        raise UserError(f"--vocab_size {vocab_size} is too small: {len(specials)} special tokens and 256 bytes "
+                        f"need at least {floor}")
+    if model_type == "bpe":
+        backend, trainer = _bpe_backend(vocab_size, specials, min_frequency, progress)
+    elif model_type == "unigram":
+        backend, trainer = _unigram_backend(vocab_size, specials, unk_token, progress)
+    else:
+        raise UserError(f"--model_type must be bpe or unigram, not {model_type!r}")
+    backend.train_from_iterator(texts, trainer=trainer)
+    if backend.get_vocab_size() <= len(specials):
+        raise UserError("the tokenizer learned nothing: the input holds no text")
+    if model_type == "unigram":
+        backend = _with_byte_fallback(backend, unk_token)
+    extra = [t for t in specials if t not in (bos_token, eos_token, unk_token, pad_token)]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos_token, eos_token=eos_token,
+                                        unk_token=unk_token, pad_token=pad_token,
+                                        additional_special_tokens=extra or None, clean_up_tokenization_spaces=False)
+    special_ids = tokenizer.convert_tokens_to_ids(specials)
+    assert max(special_ids) < len(tokenizer) <= vocab_size, (special_ids, len(tokenizer), vocab_size)
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, output_path: str) -> None:
+    """Write the tokenizer files into a fresh folder first, then move them in: never a half-written directory."""
+    os.makedirs(output_path, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=output_path)
+    try:
+        tokenizer.save_pretrained(staging)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(output_path, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moderngpt2 train-tokenizer",
+        description="Train a byte-level BPE (default) or unigram tokenizer that AutoTokenizer loads. Without "
+                    "--input it streams multilingual C4 (en ja ko zh).")
+    add_source_flags(parser, limit_flag="--max_train_lines")
+    add_flag(parser, "--output_path", required=True, help="directory to write the tokenizer into")
+    add_flag(parser, "--vocab_size", type=int, default=32000, help="vocabulary size, specials included (32000)")
+    add_flag(parser, "--model_type", choices=("bpe", "unigram"), default="bpe",
+             help="bpe: byte-level BPE like GPT-2 (default); unigram: SentencePiece-style with byte fallback")
+    add_flag(parser, "--special_tokens", nargs="+", default=[GPT2_EOS, "<unk>", "<pad>"],
+             help="special tokens, given the smallest ids in this order (default: <|endoftext|> <unk> <pad>)")
+    add_flag(parser, "--bos_token", default=GPT2_EOS, help=f"beginning-of-sequence token (default: {GPT2_EOS})")
+    add_flag(parser, "--eos_token", default=GPT2_EOS, help=f"end-of-document token (default: {GPT2_EOS})")
+    add_flag(parser, "--unk_token", default="<unk>", help="unknown token (default: <unk>)")
+    add_flag(parser, "--pad_token", default="<pad>", help="padding token (default: <pad>)")
+    add_flag(parser, "--min_frequency", type=int, default=2, help="BPE: minimum count of a merged pair (2)")
+    add_flag(parser, "--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.input and not args.c4_langs:
+        args.c4_langs = DEFAULT_C4_LANGS
+        print(f"no --input: streaming C4 ({' '.join(DEFAULT_C4_LANGS)}) from {args.c4_dataset}", file=sys.stderr)
+    texts = iter_texts(source_specs(args), args.text_field, args.on_bad_record, args.max_train_lines,
+                       c4_dataset=args.c4_dataset, split=args.dataset_split)
+    tokenizer = train_tokenizer(texts, args.model_type, args.vocab_size, args.special_tokens, args.bos_token,
+                                args.eos_token, args.unk_token, args.pad_token, args.min_frequency,
+                                progress=not args.no_progress)
+    save_tokenizer(tokenizer, args.output_path)
+    roles = ", ".join(f"{role}={getattr(tokenizer, role)}({getattr(tokenizer, role + '_id')})"
+                      for role in ("bos_token", "eos_token", "unk_token", "pad_token"))
+    print(f"wrote {args.model_type} tokenizer to {args.output_path}: {len(tokenizer)} tokens; {roles}; "
+          f"fingerprint {tokenizer_fingerprint(tokenizer)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
