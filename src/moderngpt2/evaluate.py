@@ -1,0 +1,134 @@
+"""`moderngpt2 evaluate`: perplexity of a checkpoint on held-out text.
+
+The input is either pretokenized data (a `moderngpt2 pretokenize` directory, its validation split by default,
+or a Megatron prefix) or raw text (JSON Lines, .txt, Parquet, `datasets` sources), tokenized here with the
+checkpoint's tokenizer, joined with EOS and cut into blocks. Perplexity is exp of the mean negative
+log-likelihood per predicted token over all blocks (token-weighted, not an average of per-block values).
+
+    moderngpt2 evaluate --model out/final --input data/pretokenized
+    moderngpt2 evaluate --model out/final --input heldout.jsonl --block_size 512
+"""
+
+import argparse
+import json
+import math
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.arguments import add_flag
+from .errors import UserError
+from .training.inference import DTYPES, load_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
+    add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
+    add_flag(parser, "--input", nargs="+", required=True,
+             help="a pretokenized directory or Megatron prefix, or text files/directories/`datasets` sources")
+    add_flag(parser, "--split", default="validation", help="split of pretokenized data (default validation)")
+    add_flag(parser, "--per-layer-data-path", default=None, help="explicit per-layer id streams of pretokenized data")
+    add_flag(parser, "--text_field", default="text", help="field or column holding the text (default text)")
+    add_flag(parser, "--on_bad_record", choices=("error", "skip"), default="error",
+             help="malformed records in text input: stop (error, default) or skip them")
+    add_flag(parser, "--block_size", type=int, default=None,
+             help="tokens per block for text and Megatron input (default: the model's n_positions)")
+    add_flag(parser, "--batch_size", type=int, default=8, help="blocks per forward pass (default 8)")
+    add_flag(parser, "--max_blocks", type=int, default=None, help="evaluate at most this many blocks")
+    add_flag(parser, "--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_flag(parser, "--dtype", default="auto", choices=("auto", *DTYPES), help="weights dtype (default auto)")
+    add_flag(parser, "--output_json", default=None, help="also write the numbers to this JSON file")
+    return parser
+
+
+def is_pretokenized(inputs: list[str]) -> bool:
+    if len(inputs) != 1:
+        return False
+    path = inputs[0]
+    return os.path.isfile(os.path.join(path, "manifest.json")) or os.path.isfile(path + ".idx")
+
+
+def pretokenized_blocks(args, tokenizer, block_size):
+    """Blocks (dicts of LongTensors) of the chosen split, after checking the data matches the tokenizer."""
+    from .data.loader import load_block_dataset
+    from .training.data import checked_manifest
+
+    path = args.input[0]
+    if checked_manifest(path, tokenizer) is not None:
+        # A directory keeps its own block size unless asked otherwise (Megatron storage can be re-cut).
+        dataset = load_block_dataset(path, split=args.split, per_layer_path=args.per_layer_data_path,
+                                     block_size=args.block_size)
+    else:  # a bare Megatron prefix is one stream, cut here
+        dataset = load_block_dataset(path, per_layer_path=args.per_layer_data_path, block_size=block_size)
+    for index in range(len(dataset)):
+        yield dataset[index]
+
+
+def text_blocks(args, tokenizer, block_size):
+    """Documents laid out as `pretokenize` does ([BOS] text EOS), cut into blocks (the last may be shorter)."""
+    from .data.sources import iter_texts
+
+    eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
+    if eos is None:
+        raise UserError(f"{args.model}: the tokenizer has no EOS token to separate documents")
+    prefix = [bos] if bos is not None and bos != eos else []
+    buffer = []
+    for text in iter_texts(args.input, text_field=args.text_field, on_bad_record=args.on_bad_record):
+        buffer.extend(prefix + tokenizer(text, add_special_tokens=False)["input_ids"])
+        buffer.append(eos)
+        while len(buffer) >= block_size:
+            yield {"input_ids": torch.tensor(buffer[:block_size])}
+            del buffer[:block_size]
+    if len(buffer) > 1:  # a block needs two tokens to predict one
+        yield {"input_ids": torch.tensor(buffer)}
+
+
+def batched(blocks, batch_size: int, max_blocks: int | None):
+    """Stack consecutive blocks of equal length into batches."""
+    pending = []
+    for count, block in enumerate(blocks):
+        if max_blocks is not None and count >= max_blocks:
+            break
+        if pending and (len(pending) == batch_size or pending[0]["input_ids"].shape != block["input_ids"].shape):
+            yield pending
+            pending = []
+        pending.append(block)
+    if pending:
+        yield pending
+
+
+@torch.no_grad()
+def negative_log_likelihood(model, batches) -> tuple[float, int, int]:
+    """(summed NLL in nats, predicted tokens, blocks) over all batches."""
+    total, tokens, blocks = 0.0, 0, 0
+    for batch in tqdm(batches, desc="evaluating", unit="batch"):
+        inputs = {key: torch.stack([b[key] for b in batch]).to(model.device) for key in batch[0]}
+        ids = inputs["input_ids"]
+        # num_items_in_batch=1 turns the model's loss into the sum over predicted tokens.
+        output = model(**inputs, labels=ids, num_items_in_batch=1, use_cache=False)
+        total += output.loss.float().item()
+        tokens += ids.shape[0] * (ids.shape[1] - 1)
+        blocks += ids.shape[0]
+    return total, tokens, blocks
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
+    model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
+    block_size = args.block_size or model.config.n_positions
+    if block_size < 2:
+        raise UserError(f"--block_size {block_size}: must be at least 2")
+    blocks = (pretokenized_blocks if is_pretokenized(args.input) else text_blocks)(args, tokenizer, block_size)
+    total, tokens, count = negative_log_likelihood(model, batched(blocks, args.batch_size, args.max_blocks))
+    if tokens == 0:
+        raise UserError(f"{' '.join(args.input)}: no text to evaluate on")
+    loss = total / tokens
+    result = {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "tokens": tokens, "blocks": count}
+    print(f"perplexity {result['perplexity']:.4f} (loss {loss:.4f} nats/token over {tokens} tokens in {count} blocks)")
+    if args.output_json:
+        with open(args.output_json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+    return 0

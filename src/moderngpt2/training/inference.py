@@ -1,0 +1,43 @@
+"""Load a trained checkpoint (model and tokenizer) for evaluation or generation."""
+
+import os
+
+import torch
+
+from ..errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return DTYPES[name]
+
+
+def load_checkpoint(model_dir: str, device: str = "auto", dtype: str = "auto"):
+    """(model in eval mode on the device, tokenizer) from a directory written by `moderngpt2 train`."""
+    from transformers import AutoModelForCausalLM
+
+    from ..tokenization import load_tokenizer
+
+    if not os.path.isdir(model_dir):
+        raise UserError(f"{model_dir}: no such model directory (use OUTPUT/final of `moderngpt2 train`)")
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise UserError(f"{model_dir}: no config.json, so not a saved model (use OUTPUT/final of `moderngpt2 train`)")
+    target = pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(dtype, target))
+    except (OSError, ValueError) as error:
+        raise UserError(f"{model_dir}: cannot load the model: {str(error).splitlines()[0]}") from error
+    tokenizer = load_tokenizer(model_dir)
+    return model.to(target).eval(), tokenizer

@@ -1,0 +1,188 @@
+"""`moderngpt2 train`: pretrain a ModernGPT2 model with the Hugging Face Trainer.
+
+Runs as one process, or under `torchrun` / `accelerate launch` (DDP, DeepSpeed ZeRO through --deepspeed,
+FSDP2 through an accelerate config or --fsdp_size, tensor parallelism through --tp_size); the Trainer reads
+the launcher's environment. The model and tokenizer end up in OUTPUT/final and load with the Auto classes.
+
+    moderngpt2 train --tokenizer_path tok --pre_tokenized_dataset_path data --output_dir out \\
+        --model_size_name small --max_steps 10000 --per_device_train_batch_size 16 --bf16
+    moderngpt2 train run.yaml --max_steps 100      # arguments from a file, flags override it
+"""
+
+import logging
+import os
+import sys
+
+from transformers import AutoConfig, set_seed
+
+from ..errors import UserError
+from ..tokenization import load_tokenizer, tokenizer_fingerprint
+from .arguments import parse_arguments
+from .callbacks import (
+    OptimizerRecordCallback,
+    PerLayerStatsCallback,
+    ThroughputCallback,
+    default_peak_tflops,
+    flops_per_token,
+)
+from .checkpoints import last_complete_checkpoint, resolve_resume
+from .data import collate_blocks, load_training_data
+from .model_setup import build_config, check_block_size, load_model, per_layer_token_map
+from .trainer import NonFiniteLossError, PretrainingTrainer
+
+logger = logging.getLogger("moderngpt2")
+
+
+def configure_logging(training_args):
+    """INFO on the main process, warnings only elsewhere, so N processes do not print N copies."""
+    level = logging.INFO if training_args.process_index == 0 else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stderr)
+    logger.setLevel(level)
+
+
+def ensure_deepspeed_comm(training_args):
+    """Give DeepSpeed its communication layer on the process group the Trainer already started.
+
+    On GPUs the Trainer does this itself; for CPU processes (gloo) it does not, and ZeRO-3's partitioned model
+    construction would then believe it runs alone.
+    """
+    if not training_args.deepspeed or training_args.world_size < 2:
+        return
+    import deepspeed
+
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend="gloo" if training_args.use_cpu else None)
+
+
+def check_settings(model_args, per_layer_args, training_args):
+    """Refuse flag combinations that cannot work, before anything is loaded."""
+    if not per_layer_args.use_per_layer_embedding:
+        for flag in ("per_layer_vocab_file", "per_layer_data_path"):
+            if getattr(per_layer_args, flag):
+                raise UserError(f"--{flag.replace('_', '-')} needs --use-per-layer-embedding")
+        if per_layer_args.log_per_layer_stats or per_layer_args.log_per_layer_gradients:
+            raise UserError("--log-per-layer-stats / --log-per-layer-gradients need --use-per-layer-embedding")
+    if training_args.fsdp and training_args.use_cpu:
+        raise UserError("--fsdp runs through accelerate, which shards GPU processes only; for CPU processes "
+                        "use --fsdp_size N (FSDP2 applied by transformers while loading)")
+    if model_args.tp_size * model_args.fsdp_size > 1 and not training_args.save_only_model:
+        # transformers cannot checkpoint the optimizer of a model it sharded while loading.
+        logger.warning("--tp_size/--fsdp_size: checkpoints hold the model only (resuming them is not supported)")
+        training_args.save_only_model = True
+
+
+def load_training_tokenizer(model_args):
+    if model_args.tokenizer_path or model_args.vocab_file or model_args.merge_file:
+        return load_tokenizer(model_args.tokenizer_path, model_args.vocab_file, model_args.merge_file)
+    if model_args.model_name_or_path:
+        return load_tokenizer(model_args.model_name_or_path)
+    raise UserError("pass --tokenizer_path (or --vocab_file and --merge_file)")
+
+
+def load_per_layer_vocabulary(per_layer_args, tokenizer):
+    if not per_layer_args.per_layer_vocab_file:
+        return None
+    from ..data.per_layer_vocab import load_per_layer_vocab
+
+    vocab = load_per_layer_vocab(per_layer_args.per_layer_vocab_file)
+    if vocab.tokenizer_fingerprint and vocab.tokenizer_fingerprint != tokenizer_fingerprint(tokenizer):
+        raise UserError(
+            f"{per_layer_args.per_layer_vocab_file}: built for a different tokenizer; rebuild it with "
+            "`moderngpt2 per-layer-vocab` and the tokenizer you train with"
+        )
+    return vocab
+
+
+def model_config(model_args, per_layer_args, tokenizer, block_size, per_layer_vocab):
+    """A fresh config, or the checkpoint's (whose shape the flags cannot change)."""
+    if model_args.model_name_or_path is None:
+        return build_config(model_args, per_layer_args, tokenizer, block_size, per_layer_vocab)
+    try:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{model_args.model_name_or_path}: {str(error).splitlines()[0]}") from error
+    if per_layer_args.use_per_layer_embedding != bool(getattr(config, "use_per_layer_embedding", False)):
+        state = "has" if getattr(config, "use_per_layer_embedding", False) else "has no"
+        raise UserError(f"{model_args.model_name_or_path} {state} per-layer embeddings; "
+                        "--use-per-layer-embedding must agree with the checkpoint")
+    if config.vocab_size < len(tokenizer):
+        raise UserError(f"{model_args.model_name_or_path}: vocab_size {config.vocab_size} is smaller than the "
+                        f"tokenizer's {len(tokenizer)} tokens")
+    return config
+
+
+def build_trainer(model, tokenizer, data, model_args, per_layer_args, training_args) -> PretrainingTrainer:
+    world_size = training_args.world_size
+    data_parallel = max(1, world_size // model_args.tp_size)
+    tokens_per_step = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                       * data_parallel * data.block_size)
+    peak_tflops = training_args.peak_tflops or default_peak_tflops()
+    throughput = ThroughputCallback(
+        tokens_per_step=tokens_per_step,
+        flops_per_token=flops_per_token(model.config, data.block_size),
+        peak_flops_all_devices=peak_tflops * 1e12 * world_size if peak_tflops else None,
+    )
+    callbacks = [throughput, OptimizerRecordCallback()]
+    stats = None
+    if per_layer_args.log_per_layer_stats or per_layer_args.log_per_layer_gradients:
+        stats = PerLayerStatsCallback(model, per_layer_args.per_layer_stats_interval,
+                                      per_layer_args.log_per_layer_stats, per_layer_args.log_per_layer_gradients)
+        callbacks.append(stats)
+    trainer = PretrainingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=collate_blocks,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        per_layer_learning_rate_scale=per_layer_args.per_layer_learning_rate_scale,
+        throughput=throughput,
+    )
+    if stats is not None:
+        stats.log = trainer.log
+    return trainer
+
+
+def finish(trainer, data, output_dir: str):
+    """Evaluate the final weights (unless that just happened), keep the log history, save model and tokenizer."""
+    evaluated_last_step = any("eval_loss" in entry and entry.get("step") == trainer.state.global_step
+                              for entry in trainer.state.log_history)
+    if data.eval is not None and not evaluated_last_step:
+        trainer.evaluate()
+    trainer.save_state()  # OUTPUT/trainer_state.json: the whole log history, final evaluation included
+    final_dir = os.path.join(output_dir, "final")
+    trainer.save_model(final_dir)
+    if trainer.is_world_process_zero():
+        logger.info("final model and tokenizer saved to %s", final_dir)
+
+
+def main(argv: list[str]) -> int:
+    model_args, data_args, per_layer_args, training_args = parse_arguments(argv)
+    configure_logging(training_args)
+    check_settings(model_args, per_layer_args, training_args)
+    ensure_deepspeed_comm(training_args)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    set_seed(training_args.seed)
+
+    tokenizer = load_training_tokenizer(model_args)
+    data = load_training_data(data_args, per_layer_args, tokenizer, eval_wanted=training_args.eval_strategy != "no")
+    per_layer_vocab = load_per_layer_vocabulary(per_layer_args, tokenizer)
+    config = model_config(model_args, per_layer_args, tokenizer, data.block_size, per_layer_vocab)
+    check_block_size(config, data.block_size, model_args.model_name_or_path or "the model config")
+    token_map = per_layer_token_map(per_layer_vocab, tokenizer, config) if per_layer_vocab else None
+    model = load_model(model_args, per_layer_args, training_args.output_dir,
+                       config if model_args.model_name_or_path is None else None, token_map)
+
+    trainer = build_trainer(model, tokenizer, data, model_args, per_layer_args, training_args)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except NonFiniteLossError as error:
+        last = last_complete_checkpoint(training_args.output_dir)
+        raise UserError(
+            f"{error}; training stopped before that update, nothing more was saved. Last good checkpoint: "
+            f"{last or 'none yet'}. Lower --learning_rate or check the data, then resume with "
+            "--resume_from_checkpoint last"
+        ) from error
+    finish(trainer, data, training_args.output_dir)
+    return 0
