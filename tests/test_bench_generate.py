@@ -12,14 +12,6 @@ from moderngpt2.cli import main as cli_main
 TINY = ["--size", "tiny", "--vocab-size", "512", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes gain nothing from threads, and on a busy two-core machine spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.slow
 def test_generate_bench_reports_tokens_per_second_and_ratios(tmp_path):

@@ -21,14 +21,6 @@ from moderngpt2.cli import main as cli_main
 TINY = ["--size", "tiny", "--vocab-size", "512", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes gain nothing from threads, and on a busy two-core machine spinning threads cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0

@@ -10,13 +10,16 @@ import gc
 import json
 import os
 import platform
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import UserError
 
@@ -119,6 +122,14 @@ class BenchConfigs:
 
 
 def build_configs(args: argparse.Namespace, max_positions: int) -> BenchConfigs:
+    """The configs of every model at the same shapes; an impossible shape is the user's error."""
+    try:
+        return _build_configs(args, max_positions)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+
+
+def _build_configs(args: argparse.Namespace, max_positions: int) -> BenchConfigs:
     from transformers import Gemma2Config, LlamaConfig
 
     from .. import ModernGPT2Config
@@ -234,6 +245,34 @@ class DeviceTimer:
         else:
             self.seconds = time.perf_counter() - self.start_time
         return False
+
+
+def run_models(names: list[str], run_one, desc: str) -> dict:
+    """`run_one(name)` for each model in turn, with a progress bar."""
+    results = {}
+    progress = tqdm(names, desc=desc, unit="model", file=sys.stderr)
+    for name in progress:
+        progress.set_postfix_str(name)
+        results[name] = run_one(name)
+    return results
+
+
+def run_isolated(bench, device: torch.device) -> dict:
+    """`bench()` with fresh memory and compiler state. A failure (out of memory, a compiler error) comes back as
+    `{"error": ...}`, so one model failing does not lose the other models' numbers."""
+    release_memory(device)
+    reset_compiler()
+    try:
+        return bench()
+    except UserError:
+        raise
+    except torch.OutOfMemoryError:
+        return {"error": "out of memory"}
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        traceback.print_exc(file=sys.stderr)
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+    finally:
+        release_memory(device)
 
 
 def release_memory(device: torch.device) -> None:

@@ -9,11 +9,8 @@ over the median time of a ``generate`` call, prefill included.
 
 import argparse
 import statistics
-import sys
-import traceback
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 from .common import (
@@ -30,7 +27,8 @@ from .common import (
     peak_memory_gib,
     ratio,
     release_memory,
-    reset_compiler,
+    run_isolated,
+    run_models,
     resolve_run_settings,
     write_json,
 )
@@ -119,21 +117,9 @@ def bench_model(name: str, configs, args: argparse.Namespace) -> dict:
 
 
 def run_one(name: str, configs, args: argparse.Namespace) -> dict:
-    """One model's results by batch size; a failure is recorded for every batch size so the others still run."""
-    release_memory(args.device)
-    reset_compiler()
-    try:
-        return bench_model(name, configs, args)
-    except UserError:
-        raise
-    except torch.OutOfMemoryError:
-        failure = {"error": "out of memory"}
-    except Exception as error:  # noqa: BLE001 - one model failing must not lose the others' numbers
-        traceback.print_exc(file=sys.stderr)
-        failure = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
-    finally:
-        release_memory(args.device)
-    return {str(batch): failure for batch in args.batch}
+    """One model's results by batch size; a failure is recorded for every batch size."""
+    result = run_isolated(lambda: bench_model(name, configs, args), args.device)
+    return {str(batch): result for batch in args.batch} if "error" in result else result
 
 
 def ratios(by_batch: dict) -> dict:
@@ -172,15 +158,8 @@ def print_report(report: dict) -> None:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    try:
-        configs = build_configs(args, max_positions=args.prompt_len + args.new_tokens)
-    except ValueError as error:
-        raise UserError(str(error)) from error
-    per_model = {}
-    progress = tqdm(args.models, desc="bench generate", unit="model", file=sys.stderr)
-    for name in progress:
-        progress.set_postfix_str(name)
-        per_model[name] = run_one(name, configs, args)
+    configs = build_configs(args, max_positions=args.prompt_len + args.new_tokens)
+    per_model = run_models(args.models, lambda name: run_one(name, configs, args), desc="bench generate")
     by_batch = {str(batch): {name: per_model[name][str(batch)] for name in args.models} for batch in args.batch}
     report = {
         "benchmark": "generate",

@@ -7,11 +7,8 @@ are stated in; ``--json`` keeps everything.
 """
 
 import argparse
-import sys
-import traceback
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 from .common import (
@@ -30,8 +27,8 @@ from .common import (
     parse_model_list,
     peak_memory_gib,
     ratio,
-    release_memory,
-    reset_compiler,
+    run_isolated,
+    run_models,
     resolve_run_settings,
     training_flops_per_token,
     write_json,
@@ -167,24 +164,11 @@ def skip_reason(name: str, args: argparse.Namespace) -> str | None:
 
 
 def run_one(name: str, configs, args: argparse.Namespace) -> dict:
-    """One model's result; a failure (out of memory, a compiler error) is recorded so the others still run."""
+    """One model's result, or why it was skipped or failed."""
     reason = skip_reason(name, args)
     if reason:
         return {"skipped": reason}
-    release_memory(args.device)
-    reset_compiler()
-    try:
-        return BENCHES[name](configs, args)
-    except UserError:
-        raise
-    except torch.OutOfMemoryError:
-        return {"error": "out of memory"}
-    except Exception as error:  # noqa: BLE001 - one model failing must not lose the others' numbers
-        traceback.print_exc(file=sys.stderr)
-        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
-    finally:
-        release_memory(args.device)
-
+    return run_isolated(lambda: BENCHES[name](configs, args), args.device)
 
 # ----------------------------------------------------------------------------------------------- summary
 
@@ -273,15 +257,8 @@ def _times(value: float | None) -> str:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    try:
-        configs = build_configs(args, max_positions=args.seq)
-    except ValueError as error:
-        raise UserError(str(error)) from error
-    results = {}
-    progress = tqdm(args.models, desc="bench train", unit="model", file=sys.stderr)
-    for name in progress:
-        progress.set_postfix_str(name)
-        results[name] = run_one(name, configs, args)
+    configs = build_configs(args, max_positions=args.seq)
+    results = run_models(args.models, lambda name: run_one(name, configs, args), desc="bench train")
     report = {
         "benchmark": "train",
         "environment": environment(args.device),
