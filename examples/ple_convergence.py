@@ -10,7 +10,7 @@ script trains three small models on the same data, for the same steps, with the 
 and writes the loss table to docs/ple_convergence.md and the curves to docs/ple_convergence.png.
 The corpus is English text from the Python standard library's docstrings, built offline on this machine.
 
-    python examples/ple_convergence.py                     # about 20 minutes on two CPU cores
+    python examples/ple_convergence.py                     # about 15 minutes on two idle CPU cores
     python examples/ple_convergence.py --max_steps 50      # a quick smoke run
 """
 
@@ -31,7 +31,7 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "ple_convergence"))
     parser.add_argument("--docs_dir", default=str(REPO / "docs"))
-    parser.add_argument("--max_steps", type=int, default=400)
+    parser.add_argument("--max_steps", type=int, default=1200)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--block_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -40,7 +40,7 @@ def parse_args():
     parser.add_argument("--n_embd", type=int, default=128)
     parser.add_argument("--head_dim", type=int, default=32)
     parser.add_argument("--per_layer_hidden_size", type=int, default=32)
-    parser.add_argument("--eval_every", type=int, default=50)
+    parser.add_argument("--eval_every", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per training run")
     return parser.parse_args()
@@ -202,8 +202,8 @@ def write_report(args, rows: list[dict], docs: Path, data: Path):
         "![loss curves](ple_convergence.png)",
         "",
         "Throughput and wall time were measured on two shared CPU cores and move with the machine's load; the "
-        "FLOP count is the comparable cost. Regenerate with `python examples/ple_convergence.py` (10 to 30 "
-        "minutes on two CPU cores).",
+        "FLOP count is the comparable cost. One seed; every run is deterministic (a rerun gives the same losses). "
+        "Regenerate with `python examples/ple_convergence.py` (about 15 minutes on two idle CPU cores).",
         "",
     ]
     (docs / "ple_convergence.md").write_text("\n".join(lines))

@@ -23,14 +23,6 @@ from moderngpt2.tokenization import load_tokenizer, tokenizer_fingerprint  # noq
 PLE = ["--use-per-layer-embedding", "--per-layer-hidden-size", "8"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     torch.set_num_threads(1)
@@ -295,3 +287,22 @@ def test_user_mistakes_are_one_line_errors(assets, tmp_path, capsys, case):
 def test_fsdp_through_accelerate_is_refused_on_cpu_processes(assets, tmp_path, capsys):
     assert cli(["train", *train_flags(assets, tmp_path / "out", "--max_steps", "1", "--fsdp")]) == 2
     assert "use --fsdp_size N" in capsys.readouterr().err
+
+
+def test_a_fresh_config_rounds_the_vocabulary_and_layers_the_flags(assets, tmp_path):
+    from moderngpt2 import tokenization
+    from moderngpt2.training.arguments import parse_arguments
+    from moderngpt2.training.model_setup import build_config
+
+    tokenization.main(["--input", str(assets["corpus"]), "--output_path", str(tmp_path / "tok"), "--vocab_size",
+                       "300", "--no_progress"])
+    tokenizer = load_tokenizer(str(tmp_path / "tok"))
+    assert len(tokenizer) == 300
+    model_args, _, per_layer_args, _ = parse_arguments([
+        "--output_dir", str(tmp_path), "--model_size_name", "small", "--n_layer", "3", "--n_embd", "96",
+        "--config_overrides", "n_embd=128,n_head=4,num_key_value_heads=2,head_dim=32", *PLE])
+    config = build_config(model_args, per_layer_args, tokenizer, block_size=64)
+    assert config.vocab_size == 320  # 300 rounded up to a multiple of 64
+    assert (config.n_layer, config.n_embd, config.n_positions) == (3, 128, 64)  # preset < flags < overrides
+    assert config.per_layer_vocab_size == 320  # the default 10000 capped at the main vocabulary
+    assert (config.eos_token_id, config.pad_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id)

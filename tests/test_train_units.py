@@ -12,7 +12,7 @@ from moderngpt2.errors import UserError
 from moderngpt2.training.arguments import parse_arguments
 from moderngpt2.training.callbacks import ThroughputCallback, flops_per_token
 from moderngpt2.training.checkpoints import checkpoint_problem, last_complete_checkpoint, resolve_resume
-from moderngpt2.training.model_setup import parse_config_overrides, round_up
+from moderngpt2.training.model_setup import has_preset_shape, parse_config_overrides, round_up
 from moderngpt2.training.optim import build_parameter_groups, freeze_per_layer_embedding, parameter_group_names
 from moderngpt2.training.plots import plot_loss_curves
 from moderngpt2.training.trainer import EpochShuffleSampler
@@ -82,6 +82,13 @@ def test_config_overrides_parse_and_reject_unknown_names():
     with pytest.raises(UserError, match="is not NAME=VALUE"):
         parse_config_overrides("n_layer")
     assert round_up(257) == 320 and round_up(320) == 320
+
+
+
+def test_a_reshaped_preset_is_not_recorded_as_the_preset():
+    assert has_preset_shape(ModernGPT2Config(model_size_name="small", n_positions=128))
+    assert not has_preset_shape(ModernGPT2Config(model_size_name="small", n_layer=4, n_embd=256, n_head=4))
+    assert not has_preset_shape(ModernGPT2Config(model_size_name="tiny", n_inner=96))
 
 
 # ----------------------------------------------------------------------------------------------- optimizer

@@ -89,7 +89,9 @@ class PerLayerArguments:
         default=None, metadata={"help": "Per-layer vocabulary JSON from `moderngpt2 per-layer-vocab`."}
     )
     per_layer_vocab_size: int | None = field(
-        default=None, metadata={"help": "Rows of the per-layer table (default 10000, or the vocabulary file's size)."}
+        default=None,
+        metadata={"help": "Rows of the per-layer table (default: the vocabulary file's size, else 10000 capped at the "
+                          "main vocabulary)."},
     )
     per_layer_hidden_size: int = field(default=256, metadata={"help": "Per-layer embedding width d."})
     per_layer_combination_method: str = field(

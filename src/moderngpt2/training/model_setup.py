@@ -13,13 +13,14 @@ import shutil
 
 from transformers import AutoModelForCausalLM
 
-from ..configuration_moderngpt2 import ModernGPT2Config
+from ..configuration_moderngpt2 import MODEL_SIZE_PRESETS, ModernGPT2Config
 from ..errors import UserError
 from .optim import freeze_per_layer_embedding
 
 logger = logging.getLogger(__name__)
 
 VOCAB_MULTIPLE = 64
+DEFAULT_PER_LAYER_VOCAB_SIZE = 10000
 # ModelArguments fields that are config fields of the same name.
 SHAPE_FLAGS = ("n_layer", "n_embd", "n_head", "num_key_value_heads", "head_dim", "n_inner", "rope_theta",
                "attn_logit_softcapping", "final_logit_softcapping", "sliding_window")
@@ -77,8 +78,11 @@ def build_config(model_args, per_layer_args, tokenizer, block_size: int, per_lay
     settings.update({name: getattr(model_args, name) for name in SHAPE_FLAGS if getattr(model_args, name) is not None})
     if per_layer_args.use_per_layer_embedding:
         settings.update({name: getattr(per_layer_args, name) for name in PER_LAYER_FLAGS})
+        # Without a vocabulary file the map is Gemma3n's (id itself below V_p): rows past the main vocabulary
+        # would never be used, so the default V_p of 10000 is capped there.
         settings["per_layer_vocab_size"] = per_layer_args.per_layer_vocab_size or (
-            per_layer_vocab.per_layer_vocab_size if per_layer_vocab is not None else 10000
+            per_layer_vocab.per_layer_vocab_size if per_layer_vocab is not None
+            else min(DEFAULT_PER_LAYER_VOCAB_SIZE, settings["vocab_size"])
         )
     settings.update(parse_config_overrides(model_args.config_overrides))
     try:
@@ -87,9 +91,19 @@ def build_config(model_args, per_layer_args, tokenizer, block_size: int, per_lay
         raise UserError(f"model config: {error}") from error
     if config.vocab_size < len(tokenizer):
         raise UserError(f"vocab_size={config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    if config.model_size_name is not None and not has_preset_shape(config):
+        # Flags or overrides reshaped the preset: the checkpoint must not claim to be it.
+        config.model_size_name = None
     logger.info("main vocabulary: %d tokenizer tokens, rounded up to %d (a multiple of %d)",
                 len(tokenizer), config.vocab_size, VOCAB_MULTIPLE)
     return config
+
+
+def has_preset_shape(config) -> bool:
+    """Whether the layer shapes are exactly those of `config.model_size_name` (the context length may differ)."""
+    preset = MODEL_SIZE_PRESETS[config.model_size_name]
+    return all(getattr(config, name) == value for name, value in preset.items() if name != "n_positions") and (
+        config.n_inner == 4 * config.n_embd)
 
 
 def check_block_size(config, block_size: int, where: str):
