@@ -32,6 +32,7 @@ import torch
 from .cli import SUBCOMMANDS
 from .data.arguments import add_flag
 from .errors import UserError
+from .training.plots import plot_loss_curves, read_log_history
 
 # A run writes these into its output directory, and `--overwrite` removes exactly these (and nothing else).
 MARKER = ".moderngpt2-quickstart"
@@ -245,12 +246,6 @@ def train_argv(layout: Layout, max_steps: int, seed: int, on_gpu: bool) -> list[
     return argv
 
 
-def training_history(layout: Layout) -> list[dict]:
-    """Every train and eval log line of the run, from the `trainer_state.json` that `moderngpt2 train` writes."""
-    with open(layout.trainer_state, encoding="utf-8") as handle:
-        return json.load(handle)["log_history"]
-
-
 def untrained_perplexity(history: list[dict]) -> float:
     """The held-out perplexity the Trainer measured at step 0 (`--eval_on_start`), before any update."""
     for entry in history:
@@ -337,7 +332,7 @@ def run(args) -> dict:
     with stages.stage(f"Training on {device}, with per-layer embeddings (the untrained model is evaluated first)",
                       argv):
         run_command(argv)
-        before = untrained_perplexity(training_history(layout))
+        before = untrained_perplexity(read_log_history(layout.trainer_state))
 
     argv = ["evaluate", "--model", layout.model, "--input", layout.data, "--output_json", layout.eval_after]
     with stages.stage("Evaluating the trained model on the held-out split", argv):
@@ -352,7 +347,6 @@ def run(args) -> dict:
         sample = generate_sample(layout, argv)
 
     with stages.stage("Plotting the loss curve"):
-        from .training.plots import plot_loss_curves
 
         plot_loss_curves(layout.trainer_state, layout.loss_curve,
                          title="Quickstart: 4 x 256 ModernGPT2 with per-layer embeddings")
