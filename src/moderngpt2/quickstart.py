@@ -347,7 +347,6 @@ def run(args) -> dict:
         sample = generate_sample(layout, argv)
 
     with stages.stage("Plotting the loss curve"):
-
         plot_loss_curves(layout.trainer_state, layout.loss_curve,
                          title="Quickstart: 4 x 256 ModernGPT2 with per-layer embeddings")
         print(f"  wrote {layout.loss_curve}")
