@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .errors import UserError
+from .jsonfile import read_json_object
 
 # Gemma2 config field -> ModernGPT2 config field. Fields not listed have no ModernGPT2 equivalent and must hold
 # their neutral value (checked in `moderngpt2_config_kwargs`).
@@ -99,14 +100,10 @@ def read_gemma2_config(src: Path):
     config_path = src / "config.json"
     if not config_path.is_file():
         raise UserError(f"{src} is not a checkpoint directory: {config_path} is missing")
-    try:
-        raw = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{config_path} is not valid JSON ({error})") from None
-    if not isinstance(raw, dict) or raw.get("model_type") != "gemma2":
-        found = raw.get("model_type") if isinstance(raw, dict) else None
+    raw = read_json_object(config_path, "checkpoint config")
+    if raw.get("model_type") != "gemma2":
         raise UserError(
-            f"{config_path}: model_type is {found!r}, expected 'gemma2'; give a Gemma2 checkpoint directory"
+            f"{config_path}: model_type is {raw.get('model_type')!r}, expected 'gemma2'; give a Gemma2 checkpoint directory"
         )
     try:
         return Gemma2Config.from_dict(raw)

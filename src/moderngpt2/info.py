@@ -7,11 +7,11 @@ when it is not tied); the per-layer embedding table is listed on its own, and "n
 
 import argparse
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .jsonfile import read_json_object
 
 
 @dataclass(frozen=True)
@@ -148,11 +148,8 @@ def load_config_dict(path: Path) -> dict:
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
         raise UserError(f"{config_path} does not exist; give a checkpoint directory or its config.json")
-    try:
-        raw = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{config_path} is not valid JSON ({error})") from None
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    raw = read_json_object(config_path, "checkpoint config")
+    model_type = raw.get("model_type")
     if model_type == "gemma2":
         from .convert import moderngpt2_config_kwargs, read_gemma2_config
 

@@ -12,7 +12,6 @@ stays cheap and memory stays flat; the dataset pickles without open files, for D
 """
 
 import bisect
-import json
 import os
 from collections import OrderedDict
 
@@ -21,22 +20,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UserError
+from ..jsonfile import read_json_object
 from .blocks import open_shard, read_row_group
 from .layout import FORMAT, MAIN_COLUMN, MANIFEST, PER_LAYER_COLUMN, PER_LAYER_FORMAT, progress_files
 from .megatron import open_tokens
 
 CACHED_ROW_GROUPS = 16
-
-
-def _load_json(path: str, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not a valid {what} ({error})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: not a valid {what} (expected a JSON object)")
-    return data
 
 
 def read_manifest(path: str) -> dict:
@@ -48,7 +37,7 @@ def read_manifest(path: str) -> dict:
                             "`moderngpt2 pretokenize` command again to finish it")
         raise UserError(f"no pretokenized data at {path} ({MANIFEST} not found) — run "
                         f"`moderngpt2 pretokenize ... --output_path {path}` first")
-    manifest = _load_json(manifest_path, "pretokenized-data manifest")
+    manifest = read_json_object(manifest_path, "pretokenized-data manifest")
     if manifest.get("format") != FORMAT or manifest.get("version") != 1:
         raise UserError(f"{manifest_path}: not a {FORMAT} version 1 manifest")
     missing = [key for key in ("block_size", "tokenizer_fingerprint", "splits") if key not in manifest]
@@ -170,7 +159,7 @@ def _read_per_layer_manifest(per_layer_path: str, manifest: dict, split: str) ->
     manifest_path = os.path.join(per_layer_path, MANIFEST)
     if not os.path.exists(manifest_path):
         raise per_layer_missing(manifest_path, per_layer_path)
-    stream = _load_json(manifest_path, "per-layer stream manifest")
+    stream = read_json_object(manifest_path, "per-layer stream manifest")
     if stream.get("format") != PER_LAYER_FORMAT:
         raise UserError(f"{manifest_path}: not a {PER_LAYER_FORMAT} manifest")
     if stream.get("main_settings_hash") != manifest.get("settings_hash") or \

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..jsonfile import read_json_object
 from ..tokenization import load_tokenizer, tokenizer_fingerprint
 from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
 from .blocks import iter_shard_blocks, write_shard_groups
@@ -57,12 +58,8 @@ def load_per_layer_vocab(path: str) -> PerLayerVocab:
     """Read and check a per-layer vocabulary file; any problem is a one-line error naming the file."""
     if not os.path.exists(path):
         raise UserError(f"per-layer vocabulary file not found: {path} — make one with `moderngpt2 per-layer-vocab`")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not a per-layer vocabulary file ({error})") from None
-    if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT or data.get("version") != 1:
+    data = read_json_object(path, "per-layer vocabulary file")
+    if data.get("format") != VOCAB_FORMAT or data.get("version") != 1:
         raise UserError(f"{path}: not a {VOCAB_FORMAT} version 1 file")
     missing = [name for name in ("strategy", "per_layer_vocab_size", "tokenizer_fingerprint", "main_vocab_size",
                                  "unk_id", "vocab", "token_map") if name not in data]
