@@ -56,6 +56,7 @@ def main():
             "params": {key: describe(param) for key, param in params.items()},
         }
     (request_path.parent / f"result-{rank}.json").write_text(json.dumps(results))
+    torch.distributed.destroy_process_group()  # left to exit, gloo's threads can abort the process
 
 
 if __name__ == "__main__":

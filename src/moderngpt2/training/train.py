@@ -157,6 +157,20 @@ def finish(trainer, data, output_dir: str):
         logger.info("final model and tokenizer saved to %s", final_dir)
 
 
+def release_process_group():
+    """Wait for every rank, then tear torch.distributed down.
+
+    Left to interpreter shutdown, gloo's worker threads can outlive Python and abort a finished process with
+    SIGABRT ("terminate called without an active exception"), failing a run that succeeded. Only called after
+    success: after an error another rank may be inside a collective and the barrier would hang.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str]) -> int:
     model_args, data_args, per_layer_args, training_args = parse_arguments(argv)
     configure_logging(training_args)
@@ -185,4 +199,5 @@ def main(argv: list[str]) -> int:
             "--resume_from_checkpoint last"
         ) from error
     finish(trainer, data, training_args.output_dir)
+    release_process_group()
     return 0
