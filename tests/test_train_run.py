@@ -108,6 +108,18 @@ def test_optimizer_record_shows_groups_and_the_per_layer_scale(trained):
     assert "model.embed_tokens_per_layer.weight" in groups["per_layer_no_decay"]["parameters"]
 
 
+def test_the_run_plots_its_loss_curve(trained):
+    """OUTPUT/loss_curve.png: a picture with the train curve (C0 blue) drawn on it, not an empty frame."""
+    from matplotlib.image import imread
+
+    path = trained / "loss_curve.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = imread(path)[..., :3]
+    blue = torch.tensor([0x1F, 0x77, 0xB4]) / 255
+    near_blue = ((torch.from_numpy(pixels.copy()) - blue).abs().amax(dim=-1) < 0.05).sum().item()
+    assert pixels.shape[:2] == (540, 840) and near_blue > 200, near_blue
+
+
 def test_final_model_and_tokenizer_load_with_auto_classes(trained, assets):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -2,7 +2,8 @@
 
 Runs as one process, or under `torchrun` / `accelerate launch` (DDP, DeepSpeed ZeRO through --deepspeed,
 FSDP2 through an accelerate config or --fsdp_size, tensor parallelism through --tp_size); the Trainer reads
-the launcher's environment. The model and tokenizer end up in OUTPUT/final and load with the Auto classes.
+the launcher's environment. The model and tokenizer end up in OUTPUT/final and load with the Auto classes;
+OUTPUT/loss_curve.png plots the train and eval loss.
 
     moderngpt2 train --tokenizer_path tok --pre_tokenized_dataset_path data --output_dir out \\
         --model_size_name small --max_steps 10000 --per_device_train_batch_size 16 --bf16
@@ -28,6 +29,7 @@ from .callbacks import (
 from .checkpoints import last_complete_checkpoint, resolve_resume
 from .data import collate_blocks, load_training_data
 from .model_setup import build_config, check_block_size, load_model, per_layer_token_map
+from .plots import plot_loss_curves
 from .trainer import NonFiniteLossError, PretrainingTrainer
 
 logger = logging.getLogger("moderngpt2")
@@ -145,7 +147,8 @@ def build_trainer(model, tokenizer, data, model_args, per_layer_args, training_a
 
 
 def finish(trainer, data, output_dir: str):
-    """Evaluate the final weights (unless that just happened), keep the log history, save model and tokenizer."""
+    """Evaluate the final weights (unless that just happened), keep the log history, save model and tokenizer,
+    plot the loss curve."""
     evaluated_last_step = any("eval_loss" in entry and entry.get("step") == trainer.state.global_step
                               for entry in trainer.state.log_history)
     if data.eval is not None and not evaluated_last_step:
@@ -155,6 +158,10 @@ def finish(trainer, data, output_dir: str):
     trainer.save_model(final_dir)
     if trainer.is_world_process_zero():
         logger.info("final model and tokenizer saved to %s", final_dir)
+        if any("loss" in entry for entry in trainer.state.log_history):
+            curve = plot_loss_curves(trainer.state.log_history, os.path.join(output_dir, "loss_curve.png"),
+                                     title=f"Training loss: {os.path.basename(os.path.normpath(output_dir))}")
+            logger.info("loss curve written to %s", curve)
 
 
 def release_process_group():
