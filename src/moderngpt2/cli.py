@@ -4,7 +4,9 @@ Each subcommand lives in its own module and exposes ``main(argv)``; modules are 
 subcommand runs, so ``moderngpt2 --help`` stays fast.
 """
 
+import atexit
 import importlib
+import os
 import sys
 
 from .errors import UserError
@@ -52,5 +54,22 @@ def main(argv=None) -> int:
         return 130
 
 
+def entry_point():
+    """The process's entry (console script, `python -m moderngpt2.cli`): run main, exit with its code.
+
+    A rank of a distributed run (WORLD_SIZE > 1) runs Python's exit handlers, then leaves with os._exit.
+    torch keeps C++ references to a gloo process group once DDP or DeepSpeed has used it, so
+    destroy_process_group cannot stop its threads; tearing them down among the interpreter's finalizers
+    occasionally aborted a finished rank with SIGABRT ("terminate called without an active exception").
+    """
+    code = main()
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        atexit._run_exitfuncs()  # logging, TensorBoard and experiment trackers flush and close here
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -165,11 +165,11 @@ def finish(trainer, data, output_dir: str):
 
 
 def release_process_group():
-    """Wait for every rank, then tear torch.distributed down.
+    """Wait for every rank, then tear torch.distributed down: no rank leaves while another still needs it.
 
-    Left to interpreter shutdown, gloo's worker threads can outlive Python and abort a finished process with
-    SIGABRT ("terminate called without an active exception"), failing a run that succeeded. Only called after
-    success: after an error another rank may be inside a collective and the barrier would hang.
+    Only called after success: after an error another rank may be inside a collective and the barrier would
+    hang. (The process itself then ends through `cli.entry_point`, which explains why a rank leaves with
+    os._exit.)
     """
     import torch.distributed as dist
 
