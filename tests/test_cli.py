@@ -1,5 +1,6 @@
 """The process entry point: exit codes, and the exit of a distributed rank (exit handlers once, then os._exit)."""
 
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ print("not reached")
 
 
 def run_entry(*args: str, world_size: str | None):
-    env = {"PATH": "", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     if world_size is not None:
         env["WORLD_SIZE"] = world_size
     return subprocess.run([sys.executable, "-c", SCRIPT, *args], env=env, capture_output=True, text=True,
