@@ -382,11 +382,11 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         )
         return embeddings
 
-    def attention_backend(self, device, query_length=None, has_cache=False):
+    def attention_backend(self, device, query_length=None, has_cache=False, document_mask=False):
         """The backend a forward on `device` uses: a full sequence by default, `query_length=1, has_cache=True`
-        for a decode step (see `select_attention_backend`)."""
+        for a decode step, `document_mask=True` with document ids (see `select_attention_backend`)."""
         return select_attention_backend(self.config, torch.device(device).type, query_length, has_cache,
-                                        self.training)
+                                        self.training, document_mask)
 
 
 def gemma3n_per_layer_ids(main_ids, per_layer_vocab_size):
@@ -452,8 +452,15 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
+        document_ids=None,
         **kwargs,
     ):
+        r"""
+        document_ids: (B, S) integers for packed sequences: a position attends only to earlier positions with the
+            same id, so documents packed into one row do not see each other. RoPE positions are not restarted per
+            document: attention scores depend only on relative positions, so each document's outputs equal those
+            of a forward over it alone. For forwards without cached content (training, evaluation, scoring).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -483,9 +490,10 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
             per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
             per_layer_inputs = self.per_layer_projection(inputs_embeds, per_layer_embeds)  # (B, S, L, d)
 
-        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, past_key_values is not None)
+        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, past_key_values is not None,
+                                              document_ids is not None)
         masks = build_attention_masks(self.config.layer_types, attention_mask, past_key_values, past_seen, seq_len,
-                                      inputs_embeds.device)
+                                      inputs_embeds.device, document_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = self.embed_dropout(inputs_embeds)
 
