@@ -12,14 +12,16 @@ arguments, never hidden state. A backend that cannot honour one of them raises i
 - `sdpa`: `torch.nn.functional.scaled_dot_product_attention`. No softcapping (the fused kernels have no hook for
   it). The sliding window is honoured through an explicit boolean mask, which leaves the flash kernel for the
   memory-efficient one; plain causal inputs keep `is_causal=True` and the flash/cuDNN kernels.
-- `flex_attention`: `torch.nn.attention.flex_attention` with a score_mod `c * tanh(s / c)` and a block mask for
-  causal/window/padding; compiled on CUDA. On the CPU, torch runs it uncompiled for inference only (it has no
+- `flex_attention`: `torch.nn.attention.flex_attention` with a score_mod `c * tanh(s / c)` (on CUDA the tanh is
+  the hardware approximation, `softcap_moderngpt2`) and a block mask for causal/window/padding/documents;
+  compiled on CUDA. On the CPU, torch runs it uncompiled for inference only (it has no
   backward there), so CPU training with softcapping uses `eager`.
 - `flash_attention_2`: the `flash_attn` package when installed (softcap and window native); unpadded inputs only.
 
 Which backend runs is decided per forward by `select_attention_backend` (device, query length, cache, training).
 
-This module imports only torch, so it can travel next to a checkpoint with the modeling file.
+This module imports only torch and its sibling softcap module, so it can travel next to a checkpoint with the
+modeling file.
 """
 
 import functools
@@ -27,6 +29,8 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
+
+from .softcap_moderngpt2 import softcap_tanh_function
 
 
 class AttentionMask:
@@ -216,10 +220,13 @@ def sdpa_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
 
 
 @functools.lru_cache(maxsize=None)
-def _softcap_score_mod(softcap):
-    # One function object per cap value, so a compiled flex_attention is not re-traced for every call.
+def _softcap_score_mod(softcap, device_type):
+    # One function object per cap value and device type, so a compiled flex_attention is not re-traced for every
+    # call. On CUDA the tanh is the hardware approximation (see softcap_moderngpt2), elsewhere torch.tanh.
+    tanh = softcap_tanh_function(device_type)
+
     def score_mod(score, b, h, q_idx, kv_idx):
-        return softcap * torch.tanh(score / softcap)
+        return softcap * tanh(score / softcap)
 
     return score_mod
 
@@ -244,7 +251,7 @@ def flex_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
         query,
         key,
         value,
-        score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
+        score_mod=None if softcap is None else _softcap_score_mod(float(softcap), query.device.type),
         block_mask=mask.block_mask(sliding_window),
         scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],
