@@ -119,3 +119,23 @@ def test_compiled_training_step_with_document_ids_has_no_graph_breaks():
     assert torch.isfinite(loss) and model.lm_head.weight.grad is not None
     assert graph_break_count() == 0
     reset_compiler()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_flex_block_mask_on_cuda_equals_separate_eager_forwards():
+    model = build_model("eager-softcap-window").cuda()
+    ids, documents = packed_rows()
+    ids = ids.cuda()
+    flex_config = model.config
+    with torch.no_grad():
+        flex_config._attn_implementation_autoset = True  # the automatic choice: flex on CUDA with documents
+        assert model.attention_backend("cuda", document_mask=True) == "flex_attention"
+        packed = model(ids, document_ids=document_ids_from_eos(ids, EOS)).logits
+        flex_config._attn_implementation_autoset = False
+        for row, docs in enumerate(documents):
+            start = 0
+            for doc in docs:
+                alone = model(doc[None].cuda()).logits[0]  # eager, as configured
+                torch.testing.assert_close(packed[row, start:start + len(doc)], alone, atol=1e-4, rtol=1e-4)
+                start += len(doc)

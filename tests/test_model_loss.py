@@ -143,3 +143,35 @@ def test_shift_labels_are_used_as_given_and_never_shifted_again():
         # negative control: shifting the pre-shifted targets once more predicts two tokens ahead
         shifted_twice = model(input_ids=ids, labels=pre_shifted).loss
     assert abs(shifted_twice - reference) > 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_under_bf16_autocast_the_fused_loss_matches_and_holds_less_memory():
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    hidden = torch.randn(4, 1024, 256, device="cuda", generator=generator).requires_grad_()
+    weight = torch.randn(32000, 256, device="cuda", generator=generator).mul(0.05).requires_grad_()
+    labels = torch.randint(0, 32000, (4, 1024), device="cuda", generator=generator)
+
+    def run(loss_fn):
+        hidden.grad = weight.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn()
+        loss.backward()
+        torch.cuda.synchronize()
+        return loss.detach(), hidden.grad.clone(), weight.grad.clone(), torch.cuda.max_memory_allocated() - base
+
+    def naive_bf16():
+        logits = F.linear(hidden, weight).float()
+        return F.cross_entropy((30.0 * torch.tanh(logits / 30.0))[:, :-1].reshape(-1, 32000),
+                               labels[:, 1:].reshape(-1))
+
+    naive_result = run(naive_bf16)
+    fused_result = run(lambda: fused_linear_cross_entropy(hidden, weight, labels, 30.0))
+    torch.testing.assert_close(fused_result[0], naive_result[0], atol=1e-2, rtol=1e-3)
+    for want, have in zip(naive_result[1:3], fused_result[1:3]):
+        assert ((have - want).norm() / want.norm()).item() < 2e-2
+    assert fused_result[3] < naive_result[3]  # the full (4096, 32000) float32 logits never exist

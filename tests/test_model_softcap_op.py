@@ -60,13 +60,16 @@ def test_the_op_survives_flex_vmap_and_gives_the_plain_tanh_scores():
 def test_the_hardware_tanh_is_picked_on_cuda_only(device_type, hardware, monkeypatch):
     monkeypatch.setattr(torch.version, "hip", None)
     assert has_hardware_tanh(device_type) is hardware
-    assert (softcap_tanh_function(device_type) is softcap_tanh) is hardware
+    for dtype in (torch.bfloat16, torch.float16):
+        assert (softcap_tanh_function(device_type, dtype) is softcap_tanh) is hardware
+    # float32 attention keeps the exact tanh: the approximation's 2^-11 would show at float32 tolerances
+    assert softcap_tanh_function(device_type, torch.float32) is torch.tanh
     monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm also says 'cuda' but has no PTX
     assert not has_hardware_tanh(device_type)
 
 
-def ops_in_score_mod(device_type):
-    score_mod = _softcap_score_mod(30.0, device_type)
+def ops_in_score_mod(device_type, dtype=torch.bfloat16):
+    score_mod = _softcap_score_mod(30.0, device_type, dtype)
     scalars = [torch.tensor(1.5)] + [torch.tensor(0)] * 4
     graph = make_fx(score_mod)(*scalars).graph
     return {str(node.target) for node in graph.nodes if node.op == "call_function"}
@@ -77,6 +80,7 @@ def test_the_score_mod_uses_the_op_on_cuda_and_tanh_elsewhere(monkeypatch):
     cuda_ops, cpu_ops = ops_in_score_mod("cuda"), ops_in_score_mod("cpu")
     assert "moderngpt2.softcap_tanh.default" in cuda_ops and "aten.tanh.default" not in cuda_ops
     assert "aten.tanh.default" in cpu_ops and "moderngpt2.softcap_tanh.default" not in cpu_ops
+    assert ops_in_score_mod("cuda", torch.float32) == cpu_ops
 
 
 def test_inductor_lowering_is_registered_for_the_op():
@@ -94,3 +98,28 @@ def test_the_lowering_emits_the_ptx_instruction():
     with V.set_ops_handler(MockHandler()):
         code = str(hardware_tanh_element("score"))
     assert "inline_asm_elementwise" in code and "tanh.approx.f32 $0, $1;" in code and "score" in code
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_flex_on_cuda_runs_the_ptx_tanh_close_to_the_exact_one():
+    from torch._inductor.utils import run_and_get_code
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 256, 64, device="cuda", generator=generator, dtype=torch.bfloat16)
+               .mul(3).requires_grad_() for _ in range(3))
+
+    def attend(score_mod):
+        torch._dynamo.reset()
+        out, code = run_and_get_code(torch.compile(flex_attention), q, k, v, score_mod=score_mod)
+        grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+        return out.float(), grads, "\n".join(code)
+
+    hardware = _softcap_score_mod(20.0, "cuda", torch.bfloat16)
+    exact = _softcap_score_mod(20.0, "cpu", torch.bfloat16)  # torch.tanh
+    out, grads, code = attend(hardware)
+    ref_out, ref_grads, ref_code = attend(exact)
+    assert "tanh.approx.f32" in code and "tanh.approx.f32" not in ref_code
+    torch.testing.assert_close(out, ref_out, atol=2e-2, rtol=2e-2)
+    for grad, ref in zip(grads, ref_grads):
+        assert ((grad.float() - ref.float()).norm() / ref.float().norm()).item() < 2e-2

@@ -220,10 +220,10 @@ def sdpa_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
 
 
 @functools.lru_cache(maxsize=None)
-def _softcap_score_mod(softcap, device_type):
-    # One function object per cap value and device type, so a compiled flex_attention is not re-traced for every
-    # call. On CUDA the tanh is the hardware approximation (see softcap_moderngpt2), elsewhere torch.tanh.
-    tanh = softcap_tanh_function(device_type)
+def _softcap_score_mod(softcap, device_type, dtype):
+    # One function object per cap value, device type and input dtype, so a compiled flex_attention is not re-traced
+    # for every call. On CUDA with 16-bit inputs the tanh is the hardware approximation (softcap_moderngpt2).
+    tanh = softcap_tanh_function(device_type, dtype)
 
     def score_mod(score, b, h, q_idx, kv_idx):
         return softcap * tanh(score / softcap)
@@ -251,7 +251,7 @@ def flex_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
         query,
         key,
         value,
-        score_mod=None if softcap is None else _softcap_score_mod(float(softcap), query.device.type),
+        score_mod=None if softcap is None else _softcap_score_mod(float(softcap), query.device.type, query.dtype),
         block_mask=mask.block_mask(sliding_window),
         scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],

@@ -11,8 +11,8 @@ emits the instruction as inline assembly:
 - vmap (flex's uncompiled path vmaps the score_mod): the op itself, it is elementwise;
 - Inductor lowering (registered on first use on CUDA): `tanh.approx.f32` through `ops.inline_asm_elementwise`.
 
-The op is used only where the instruction exists (CUDA, not ROCm); everywhere else the score_mod keeps
-`torch.tanh`. This module imports only torch, so it travels next to a checkpoint with the attention file.
+The op is used only where the instruction exists (CUDA, not ROCm) and only for 16-bit attention inputs, where the
+approximation is below the inputs' own resolution; float32 attention and every other device keep `torch.tanh`. This module imports only torch, so it travels next to a checkpoint with the attention file.
 """
 
 import functools
@@ -80,9 +80,9 @@ def has_hardware_tanh(device_type):
     return device_type == "cuda" and torch.version.hip is None
 
 
-def softcap_tanh_function(device_type):
-    """The tanh the attention softcap uses on `device_type`: the hardware approximation where it exists (and its
-    lowering can be registered), plain `torch.tanh` elsewhere."""
-    if has_hardware_tanh(device_type) and register_inductor_lowering():
+def softcap_tanh_function(device_type, dtype):
+    """The tanh the attention softcap uses for `dtype` inputs on `device_type`: the hardware approximation for
+    16-bit inputs where it exists (and its lowering can be registered), plain `torch.tanh` elsewhere."""
+    if has_hardware_tanh(device_type) and dtype.itemsize == 2 and register_inductor_lowering():
         return torch.ops.moderngpt2.softcap_tanh
     return torch.tanh
