@@ -45,6 +45,6 @@ def load_causal_lm(framework: str, path: str):
 def check_torch_only_flags(args) -> None:
     """--device and --dtype pick PyTorch's device and weights dtype; the other frameworks run their own default."""
     if args.device not in ("auto", "cpu"):
-        raise UserError(f"--device {args.device}: only with --framework torch; {args.framework} uses its default device")
+        raise UserError(f"--device {args.device}: only with --framework torch; {args.framework} uses its own default")
     if args.dtype not in ("auto", "float32"):
-        raise UserError(f"--dtype {args.dtype}: only with --framework torch; {args.framework} runs the checkpoint's dtype")
+        raise UserError(f"--dtype {args.dtype}: only with --framework torch; {args.framework} keeps the checkpoint's")
