@@ -93,3 +93,11 @@ def test_bench_generate_reports_the_jax_to_pytorch_ratio(tmp_path):
     assert set(results) == {"ours", "jax"} and results["jax"]["implementation"] == "moderngpt2.jax"
     assert report["ratios"]["2"] == {"jax/ours": pytest.approx(results["jax"]["tokens_per_s"]
                                                                 / results["ours"]["tokens_per_s"])}
+
+
+def test_a_directory_of_another_model_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert cli(["evaluate", "--model", str(tmp_path), "--input", "x.txt", "--framework", "jax"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"moderngpt2 evaluate: error: {tmp_path}: cannot load the model: config.json has model_type='gpt2', "
+        "not 'moderngpt2'")

@@ -370,7 +370,7 @@ class ModernGPT2ForCausalLM(nnx.Module):
         with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
             raw = json.load(handle)
         if raw.get("model_type") != "moderngpt2":
-            raise ValueError(f"{path}: config.json has model_type={raw.get('model_type')!r}, not 'moderngpt2'")
+            raise ValueError(f"config.json has model_type={raw.get('model_type')!r}, not 'moderngpt2'")
         tensors = read_safetensors(path)
         abstract = nnx.eval_shape(lambda: cls(raw))
         graphdef, state = nnx.split(abstract)
@@ -378,12 +378,12 @@ class ModernGPT2ForCausalLM(nnx.Module):
         names = {checkpoint_name(key): key for key in flat}
         missing = sorted(set(names) - set(tensors))
         if missing:
-            raise ValueError(f"{path}: the checkpoint lacks {', '.join(missing[:5])}")
+            raise ValueError(f"the checkpoint lacks {', '.join(missing[:5])}")
         for name, key in names.items():
             variable = flat[key]
             array = tensors[name].T if key[-1] == "kernel" else tensors[name]
             if array.shape != variable.shape:
-                raise ValueError(f"{path}: {name} has shape {array.shape}, the config implies {variable.shape}")
+                raise ValueError(f"{name} has shape {array.shape}, the config implies {variable.shape}")
             target = jnp.int32 if isinstance(variable, Buffer) else (dtype or array.dtype)
             variable.set_value(jnp.asarray(array, dtype=target))
         model = nnx.merge(graphdef, nnx.from_flat_state(flat))
@@ -545,7 +545,7 @@ def read_safetensors(path):
         return load_file(single)
     index_path = single + ".index.json"
     if not os.path.isfile(index_path):
-        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+        raise FileNotFoundError(f"neither model.safetensors nor model.safetensors.index.json")
     with open(index_path, encoding="utf-8") as handle:
         shards = sorted(set(json.load(handle)["weight_map"].values()))
     tensors = {}
