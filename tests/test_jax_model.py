@@ -22,7 +22,6 @@ from moderngpt2 import ModernGPT2ForCausalLM as TorchModernGPT2ForCausalLM
 from moderngpt2.training.optim import build_parameter_groups
 
 pytest.importorskip("flax.nnx")
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 

@@ -402,11 +402,10 @@ class ModernGPT2ForCausalLM(nnx.Module):
         config = {**getattr(self, "raw_config", {}), **self.config, "model_type": "moderngpt2",
                   "architectures": ["ModernGPT2ForCausalLM"]}
         config.pop("auto_map", None)  # the remote-code files are not written next to these weights
-        config["dtype"] = str(next(iter(tensors.values())).dtype) if tensors else "float32"
+        config["dtype"] = str(np.dtype(self.model.embed_tokens.embedding[...].dtype))
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
-
 
     # ----------------------------------------------------------------------------------------- inference
 
@@ -545,7 +544,7 @@ def read_safetensors(path):
         return load_file(single)
     index_path = single + ".index.json"
     if not os.path.isfile(index_path):
-        raise FileNotFoundError(f"neither model.safetensors nor model.safetensors.index.json")
+        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
     with open(index_path, encoding="utf-8") as handle:
         shards = sorted(set(json.load(handle)["weight_map"].values()))
     tensors = {}
