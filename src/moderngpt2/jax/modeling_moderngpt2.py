@@ -544,7 +544,7 @@ def read_safetensors(path):
         return load_file(single)
     index_path = single + ".index.json"
     if not os.path.isfile(index_path):
-        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+        raise FileNotFoundError("neither model.safetensors nor model.safetensors.index.json is there")
     with open(index_path, encoding="utf-8") as handle:
         shards = sorted(set(json.load(handle)["weight_map"].values()))
     tensors = {}
