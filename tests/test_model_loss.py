@@ -175,3 +175,10 @@ def test_on_cuda_under_bf16_autocast_the_fused_loss_matches_and_holds_less_memor
     for want, have in zip(naive_result[1:3], fused_result[1:3]):
         assert ((have - want).norm() / want.norm()).item() < 2e-2
     assert fused_result[3] < naive_result[3]  # the full (4096, 32000) float32 logits never exist
+
+
+def test_the_trainer_sees_labels_as_the_only_label_input():
+    """transformers' Trainer computes an evaluation loss only when every label-named forward parameter is given."""
+    from transformers.utils import find_labels
+
+    assert find_labels(ModernGPT2ForCausalLM) == ["labels"]
