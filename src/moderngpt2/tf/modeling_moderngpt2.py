@@ -451,7 +451,7 @@ class ModernGPT2ForCausalLM(keras.Model):
         `import moderngpt2`); kernels go back to PyTorch's `(out, in)` layout, the token map to int64."""
         tensors = {}
         for name, (variable, transposed) in self.named_variables().items():
-            value = ops.convert_to_numpy(variable)
+            value = variable.numpy()
             if name.endswith("per_layer_token_map"):
                 value = value.astype(np.int64)
             tensors[name] = np.ascontiguousarray(value.T if transposed else value)
