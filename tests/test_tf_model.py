@@ -120,10 +120,9 @@ def test_round_trip_through_keras_is_bit_identical(pair, tmp_path):
     np.testing.assert_array_equal(torch_logits(reloaded, ids), torch_logits(model, ids))
 
 
+@pytest.mark.parametrize("pair", ["ple-concat-window-mqa"], indirect=True)  # each prompt shape is traced anew
 def test_left_padded_batch_equals_each_row_alone(pair):
-    setting, model, keras_model, _ = pair
-    if setting != "ple-concat-window-mqa":
-        pytest.skip("one windowed per-layer setting covers padding (each prompt shape is traced anew)")
+    _, model, keras_model, _ = pair
     long_row, short_row = prompts(1, 7, seed=2)[0], prompts(1, 4, seed=3)[0]
     ids = np.stack([long_row, np.concatenate([[0, 0, 0], short_row])])
     mask = np.array([[1] * 7, [0, 0, 0, 1, 1, 1, 1]])
@@ -149,10 +148,9 @@ def test_token_nll_is_the_pytorch_loss_per_token(pair):
     assert np.abs(nll - expected).max() <= 1e-4 * np.abs(expected).max()
 
 
+@pytest.mark.parametrize("pair", ["softcap-window-gqa"], indirect=True)
 def test_eos_finishes_a_row_like_transformers(pair):
-    setting, model, keras_model, _ = pair
-    if setting != "softcap-window-gqa":
-        pytest.skip("one setting is enough for the bookkeeping")
+    _, model, keras_model, _ = pair
     ids = prompts()
     greedy = keras_model.generate(ids, max_new_tokens=NEW_TOKENS)
     eos = int(greedy[0, 7 + 3])  # row 0 emits it after three tokens
@@ -166,10 +164,9 @@ def test_eos_finishes_a_row_like_transformers(pair):
     assert (generated[0, 7 + 4:] == 1).all()
 
 
+@pytest.mark.parametrize("pair", ["ple-scaled_add"], indirect=True)
 def test_sampling_is_seeded_and_top_k_1_is_greedy(pair):
-    setting, _, keras_model, _ = pair
-    if setting != "ple-scaled_add":
-        pytest.skip("one setting is enough for the sampling loop")
+    _, _, keras_model, _ = pair
     ids = prompts()
     settings = dict(max_new_tokens=12, do_sample=True, temperature=0.9, top_k=20, top_p=0.9)
     first = keras_model.generate(ids, seed=5, **settings)
