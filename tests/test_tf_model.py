@@ -5,6 +5,9 @@ traced generation steps are reused by every test of that setting.
 """
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +198,20 @@ def test_sampling_warpers_equal_transformers():
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="config.json"):
         KerasCausalLM.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("pair", ["ple-gated-untied"], indirect=True)
+def test_the_same_keras_code_runs_on_the_jax_backend(pair, tmp_path):
+    pytest.importorskip("jax")
+    _, model, _, directory = pair
+    ids = prompts()
+    np.save(tmp_path / "prompts.npy", ids)
+    worker = Path(__file__).parent / "workers" / "keras_jax_backend.py"
+    subprocess.run([sys.executable, str(worker), str(directory), str(tmp_path / "prompts.npy"),
+                    str(tmp_path / "out.npz"), "8"], check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    result = np.load(tmp_path / "out.npz")
+    assert np.abs(result["logits"] - torch_logits(model, ids)).max() < 1e-4
+    with torch.no_grad():
+        expected = model.generate(torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
+                                  max_new_tokens=8, min_new_tokens=8, do_sample=False).numpy()
+    np.testing.assert_array_equal(result["generated"], expected)
