@@ -4,7 +4,9 @@ Every setting of the matrix is written once by PyTorch and loaded once by Keras 
 traced generation steps are reused by every test of that setting.
 """
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +217,26 @@ def test_the_same_keras_code_runs_on_the_jax_backend(pair, tmp_path):
         expected = model.generate(torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
                                   max_new_tokens=8, min_new_tokens=8, do_sample=False).numpy()
     np.testing.assert_array_equal(result["generated"], expected)
+
+
+@pytest.mark.parametrize("pair", ["ple-gated-untied"], indirect=True)
+def test_sharded_checkpoint_loads_like_a_single_file(pair, tmp_path):
+    _, model, keras_model, _ = pair
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists() and not (tmp_path / "model.safetensors").exists()
+    sharded = KerasCausalLM.from_pretrained(str(tmp_path))
+    for name, (variable, _) in keras_model.named_variables().items():
+        np.testing.assert_array_equal(sharded.named_variables()[name][0].numpy(), variable.numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("pair", ["softcap-window-gqa"], indirect=True)
+def test_weights_that_do_not_fit_the_config_are_a_user_error(pair, tmp_path):
+    _, _, _, directory = pair
+    shutil.copytree(directory, tmp_path, dirs_exist_ok=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_inner": 40}))
+    with pytest.raises(UserError, match="mlp.gate_proj.weight has shape"):
+        KerasCausalLM.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "use_per_layer_embedding": True}))
+    with pytest.raises(UserError, match="missing"):
+        KerasCausalLM.from_pretrained(str(tmp_path))

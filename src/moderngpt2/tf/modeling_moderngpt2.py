@@ -7,7 +7,8 @@ gives the same logits in both. The layers use `keras.ops` only; `tensorflow` is 
 generation and the `tf.data` training input, not here. Kernels are stored Keras-style `(in, out)` and transposed
 to and from PyTorch's `(out, in)` when a checkpoint is read or written, which is exact.
 
-This file imports only keras, numpy, safetensors and the package's error type; it reads `config.json` itself.
+This file imports only keras, numpy, safetensors and the package's error and JSON helpers (no torch, no
+transformers); it reads `config.json` itself.
 """
 
 import json
@@ -21,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from ..errors import UserError
+from ..jsonfile import read_json_object
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -181,8 +183,9 @@ class Attention(keras.layers.Layer):
         scores = ops.matmul(query, ops.transpose(ops.repeat(key, n_rep, axis=1), (0, 1, 3, 2))) * self.scaling
         if self.attn_logit_softcapping is not None:
             scores = softcap(scores, self.attn_logit_softcapping)
-        scores = ops.where(mask, scores, np.finfo(np.float32).min if scores.dtype == "float32" else -3e4)
-        weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), query.dtype)
+        # Masked in float32, where the softmax runs: the fill is the float32 minimum whatever the compute dtype.
+        scores = ops.where(mask, ops.cast(scores, "float32"), np.finfo(np.float32).min)
+        weights = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
         weights = self.dropout(weights, training=training)
         output = ops.matmul(weights, ops.repeat(value, n_rep, axis=1))  # (B, Hq, S, D)
         output = ops.reshape(ops.transpose(output, (0, 2, 1, 3)), (batch, length, -1))
@@ -489,22 +492,17 @@ def read_config(path):
     config_path = os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise UserError(f"{path}: no {CONFIG_NAME} — pass a checkpoint directory written by save_pretrained")
-    try:
-        with open(config_path, encoding="utf-8") as handle:
-            config = json.load(handle)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{config_path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{config_path}: not a JSON object")
-    return config
+    return read_json_object(config_path, "model config")
 
 
 def read_tensors(path):
     """{name: numpy array} from model.safetensors, or from the shards listed in model.safetensors.index.json."""
     index_path = os.path.join(path, WEIGHTS_INDEX_NAME)
     if os.path.isfile(index_path):
-        with open(index_path, encoding="utf-8") as handle:
-            files = sorted(set(json.load(handle)["weight_map"].values()))
+        weight_map = read_json_object(index_path, "safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index_path}: no weight_map — the index of a sharded checkpoint lists its files there")
+        files = sorted(set(weight_map.values()))
     elif os.path.isfile(os.path.join(path, WEIGHTS_NAME)):
         files = [WEIGHTS_NAME]
     else:
