@@ -159,9 +159,19 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     configs = build_configs(args, max_positions=args.prompt_len + args.new_tokens)
-    per_model = run_models(args.models, lambda name: run_one(name, configs, args), desc="bench generate")
-    by_batch = {str(batch): {name: per_model[name][str(batch)] for name in args.models} for batch in args.batch}
-    report = {
+    save = (lambda per_model: write_json(args.json, build_report(per_model, args))) if args.json else None
+    per_model = run_models(args.models, lambda name: run_one(name, configs, args), desc="bench generate",
+                           after_each=save)
+    report = build_report(per_model, args)
+    print_report(report)
+    failed = any("error" in result for results in report["results"].values() for result in results.values())
+    return 1 if failed else 0
+
+
+def build_report(per_model: dict, args: argparse.Namespace) -> dict:
+    """Environment, settings, and the results and ratios by batch size of the models measured so far."""
+    by_batch = {str(batch): {name: result[str(batch)] for name, result in per_model.items()} for batch in args.batch}
+    return {
         "benchmark": "generate",
         "environment": environment(args.device),
         "settings": {
@@ -173,7 +183,3 @@ def main(argv: list[str]) -> int:
         "results": by_batch,
         "ratios": ratios(by_batch),
     }
-    print_report(report)
-    if args.json:
-        write_json(args.json, report)
-    return 1 if any("error" in result for results in by_batch.values() for result in results.values()) else 0

@@ -1,0 +1,83 @@
+"""`moderngpt2 generate|evaluate --framework jax` print what the PyTorch commands print on the same checkpoint."""
+
+import json
+import sys
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
+from moderngpt2.cli import main as cli
+
+pytest.importorskip("flax.nnx")
+
+VOCAB = 64
+
+
+def word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny PLE model with softcaps and a sliding window, random non-trivial weights, and a word tokenizer."""
+    path = tmp_path_factory.mktemp("jax_cli") / "model"
+    config = ModernGPT2Config(model_size_name="tiny", vocab_size=VOCAB, n_layer=2, sliding_window=4,
+                              attn_logit_softcapping=50.0, final_logit_softcapping=30.0, use_per_layer_embedding=True,
+                              per_layer_vocab_size=32, per_layer_hidden_size=8, eos_token_id=1, pad_token_id=0)
+    torch.manual_seed(0)
+    model = ModernGPT2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    model.save_pretrained(path)
+    word_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_generate_prints_the_same_greedy_text(checkpoint, capsys):
+    printed = {}
+    for framework in ("torch", "jax"):
+        assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5 w9 w12", "w40", "--max_new_tokens", "12",
+                    "--temperature", "0", "--framework", framework]) == 0
+        printed[framework] = capsys.readouterr().out
+    assert printed["jax"] == printed["torch"]
+    assert printed["jax"].startswith("w5 w9 w12") and len(printed["jax"].split()) > 6
+
+
+def test_evaluate_reports_the_same_perplexity(checkpoint, tmp_path):
+    text = tmp_path / "heldout.txt"
+    text.write_text("\n".join(" ".join(f"w{(7 * i + j) % 60 + 3}" for j in range(5 + i)) for i in range(12)))
+    numbers = {}
+    for framework in ("torch", "jax"):
+        out = tmp_path / f"{framework}.json"
+        assert cli(["evaluate", "--model", str(checkpoint), "--input", str(text), "--block_size", "16",
+                    "--batch_size", "3", "--framework", framework, "--output_json", str(out)]) == 0
+        numbers[framework] = json.loads(out.read_text())
+    assert numbers["jax"]["tokens"] == numbers["torch"]["tokens"] > 50
+    assert numbers["jax"]["perplexity"] == pytest.approx(numbers["torch"]["perplexity"], rel=1e-4)
+
+
+def test_flags_of_torch_alone_are_one_line_errors(checkpoint, capsys):
+    assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5", "--framework", "jax",
+                "--repetition_penalty", "1.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "moderngpt2 generate: error: --repetition_penalty 1.3: only with --framework torch"
+    assert cli(["evaluate", "--model", str(checkpoint), "--input", "x.txt", "--framework", "jax",
+                "--dtype", "bfloat16"]) == 2
+    assert "--dtype bfloat16: only with --framework torch" in capsys.readouterr().err
+
+
+def test_a_missing_extra_names_the_install_command(checkpoint, capsys, monkeypatch):
+    for name in [name for name in sys.modules if name.startswith("moderngpt2.jax")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "flax", None)  # what an environment without the extra looks like to import
+    assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5", "--framework", "jax"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "moderngpt2 generate: error: --framework jax needs the jax extra: pip install 'moderngpt2[jax]'")
