@@ -39,8 +39,11 @@ def torch_model():
 
 
 def test_dataset_yields_the_blocks_the_torch_loader_reads(data):
-    inputs, labels = next(iter(block_dataset(data, "validation", batch_size=4, shuffle_buffer=0)))
-    expected = np.stack([load_block_dataset(data, "validation")[i]["input_ids"].numpy() for i in range(4)])
+    dataset = block_dataset(data, "validation", batch_size=4, shuffle_buffer=0)
+    blocks = load_block_dataset(data, "validation")
+    assert int(dataset.cardinality()) == len(blocks) // 4  # known to Keras: steps per epoch, no end-of-data warning
+    inputs, labels = next(iter(dataset))
+    expected = np.stack([blocks[i]["input_ids"].numpy() for i in range(4)])
     np.testing.assert_array_equal(inputs.numpy(), expected)
     np.testing.assert_array_equal(labels.numpy(), expected)
 

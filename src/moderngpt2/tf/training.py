@@ -44,6 +44,8 @@ def block_dataset(path, split="train", batch_size=8, shuffle_buffer=1024, seed=0
                 yield from group
 
     dataset = tf.data.Dataset.from_generator(blocks, output_signature=tf.TensorSpec((block_size,), tf.int32))
+    # The manifest knows the count: Keras then shows steps per epoch and does not warn at the end of an epoch.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(entry["blocks"]))
     if shuffle_buffer:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
     dataset = dataset.batch(batch_size, drop_remainder=True).map(lambda ids: (ids, ids))
