@@ -16,8 +16,11 @@ import pytest
 import torch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 tf = pytest.importorskip("tensorflow")
-pytest.importorskip("keras")
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("Keras runs another backend in this process; these tests use TensorFlow", allow_module_level=True)
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM  # noqa: E402
 from moderngpt2.errors import UserError  # noqa: E402
@@ -203,7 +206,7 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
 
 
 @pytest.mark.parametrize("pair", ["ple-gated-untied"], indirect=True)
-def test_the_same_keras_code_runs_on_the_jax_backend(pair, tmp_path):
+def test_the_same_keras_code_runs_and_trains_on_the_jax_backend(pair, tmp_path):
     pytest.importorskip("jax")
     _, model, _, directory = pair
     ids = prompts()
@@ -217,6 +220,8 @@ def test_the_same_keras_code_runs_on_the_jax_backend(pair, tmp_path):
         expected = model.generate(torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids)),
                                   max_new_tokens=8, min_new_tokens=8, do_sample=False).numpy()
     np.testing.assert_array_equal(result["generated"], expected)
+    losses = result["fit_losses"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
 @pytest.mark.parametrize("pair", ["ple-gated-untied"], indirect=True)

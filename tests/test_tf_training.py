@@ -9,8 +9,11 @@ import pytest
 import torch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("Keras runs another backend in this process; these tests use TensorFlow", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).parent / "workers"))
 from train_assets import build_assets  # noqa: E402
