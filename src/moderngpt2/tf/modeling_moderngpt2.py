@@ -345,27 +345,21 @@ class ModernGPT2Model(keras.layers.Layer):
     def named_variables(self):
         found = {"embed_tokens.weight": (self.embed_tokens, False), "norm.weight": (self.norm.weight, False)}
         for i, layer in enumerate(self.decoder_layers):
-            parts = {"self_attn": layer.self_attn, "mlp": layer.mlp, "per_layer_gate": layer.per_layer_gate}
-            parts.update({name: getattr(layer, name) for name in ("input_layernorm", "post_attention_layernorm",
-                                                                  "pre_feedforward_layernorm",
-                                                                  "post_feedforward_layernorm")})
-            for part_name, part in parts.items():
-                if part is not None:
-                    found.update({f"layers.{i}.{part_name}.{key}": value
-                                  for key, value in _leaf_variables(part).items()})
+            found.update({f"layers.{i}.{name}": value for name, value in checkpoint_variables(layer).items()})
         if self.per_layer_inputs is not None:
             found.update(self.per_layer_inputs.named_variables())
         return found
 
 
-def _leaf_variables(layer):
-    """{name: (variable, transposed)} of a layer built from Linear/RMSNorm attributes named as in PyTorch."""
+def checkpoint_variables(layer):
+    """{PyTorch state-dict name: (variable, transposed)} below a layer whose sub-layer attributes carry PyTorch's
+    module names (`self_attn.q_proj`, `mlp.down_proj`, ...); leaves say their own names with `named_variables`."""
     if hasattr(layer, "named_variables"):
         return layer.named_variables()
     found = {}
     for name, child in vars(layer).items():
-        if isinstance(child, (Linear, RMSNorm)):
-            found.update({f"{name}.{key}": value for key, value in child.named_variables().items()})
+        if isinstance(child, keras.layers.Layer) and not name.startswith("_"):
+            found.update({f"{name}.{key}": value for key, value in checkpoint_variables(child).items()})
     return found
 
 
