@@ -507,8 +507,7 @@ def read_tensors(path):
         try:
             tensors.update(load_file(os.path.join(path, name)))
         except (SafetensorError, OSError, TypeError) as error:
-            raise UserError(f"{os.path.join(path, name)}: cannot read it ({error}); float32 or float16 "
-                            "safetensors are supported") from None
+            raise UserError(f"{os.path.join(path, name)}: cannot read it ({error})") from None
     return tensors
 
 
