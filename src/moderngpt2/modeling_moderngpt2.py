@@ -578,14 +578,15 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         logits_to_keep=0,
         num_items_in_batch=None,
         return_logits=None,
-        shift_labels=None,
         past_key_values=None,
         **kwargs,
     ):
         r"""
         labels: token ids, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
-        shift_labels: targets already shifted (transformers' convention, used by context parallelism): position t
-            predicts shift_labels[t]. When given they are used as they are, and `labels` is not shifted again.
+        shift_labels (keyword): targets already shifted (transformers' convention, used by context parallelism):
+            position t predicts shift_labels[t]. When given they are used as they are, and `labels` is not shifted
+            again. It is read from `kwargs`, as in transformers' own models: the Trainer treats every named forward
+            parameter containing "label" as a label column, and would then compute no eval loss without it.
         num_items_in_batch: when given (the Trainer does), the loss is sum / num_items_in_batch, so gradient
             accumulation over micro-batches is exact; otherwise the mean over non-ignored tokens.
         return_logits: with labels, the loss is the fused linear cross-entropy (LM head, softcap and loss in
@@ -593,6 +594,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
             full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well (the naive
             path). Without labels, logits are always returned.
         """
+        shift_labels = kwargs.pop("shift_labels", None)
         wants_loss = labels is not None or shift_labels is not None
         if wants_loss and use_cache is None:
             use_cache = False
