@@ -1,0 +1,125 @@
+"""``moderngpt2 export --format gemma2``: a ModernGPT2 checkpoint as a transformers ``Gemma2ForCausalLM`` directory.
+
+Without per-layer embeddings ModernGPT2 is Gemma2 with a few settings free (softcaps off, any layer pattern,
+any query scale), all of which Gemma2's config can state. The export is the converter (`convert.py`) run
+backwards: the same field and tensor maps, the same shard-by-shard copy, the same all-or-nothing write. The
+result needs no remote code, so every engine that runs Gemma2 (vLLM, TGI, MLX, llama.cpp's converter) runs it.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..convert import (
+    CONFIG_MAP,
+    check_tensor_names,
+    shard_files,
+    staged_output,
+    stored_dtype,
+    to_gemma2_key,
+    write_shards,
+)
+from ..errors import UserError
+from ..jsonfile import read_json_object
+from .hub_files import save_generation_config, save_portable_tokenizer
+
+PER_LAYER_REFUSAL = (
+    "per-layer embeddings (use_per_layer_embedding=true) have no equivalent in Gemma2 or any engine's Gemma2 "
+    "architecture; share the checkpoint directory itself (it loads with trust_remote_code=True, see docs/sharing.md)"
+)
+
+
+def read_moderngpt2_config(src: Path):
+    """SRC/config.json as a ``ModernGPT2Config``; UserError for anything else."""
+    from ..configuration_moderngpt2 import ModernGPT2Config
+
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{src} is not a checkpoint directory: {config_path} is missing")
+    raw = read_json_object(config_path, "checkpoint config")
+    if raw.get("model_type") != "moderngpt2":
+        raise UserError(
+            f"{config_path}: model_type is {raw.get('model_type')!r}, expected 'moderngpt2'; give a ModernGPT2 "
+            "checkpoint directory (a training run's final/ folder)"
+        )
+    try:
+        return ModernGPT2Config.from_dict(raw)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"{config_path}: invalid ModernGPT2 config ({error})") from None
+
+
+def check_gemma2_expressible(config) -> None:
+    """UserError naming the first setting a Gemma2 model cannot reproduce, and what to do about it."""
+    if config.use_per_layer_embedding:
+        raise UserError(PER_LAYER_REFUSAL)
+    if config.n_embd % config.n_head:
+        raise UserError(
+            f"n_embd={config.n_embd} is not a multiple of n_head={config.n_head}, which transformers' Gemma2Config "
+            "refuses (even though head_dim is free); share the checkpoint itself with trust_remote_code=True"
+        )
+
+
+def gemma2_config(config, dtype: torch.dtype):
+    """The ``Gemma2Config`` of the same network.
+
+    A model without sliding layers still gets a window (its context length): Gemma2 builds a sliding mask
+    for every forward, and no full-attention layer reads it.
+    """
+    from transformers import Gemma2Config
+
+    kwargs = {theirs: getattr(config, ours) for theirs, ours in CONFIG_MAP.items()}
+    if kwargs["sliding_window"] is None:
+        kwargs["sliding_window"] = config.n_positions
+    kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": float(config.rope_theta)}
+    exported = Gemma2Config(attention_bias=False, **kwargs)
+    exported.architectures = ["Gemma2ForCausalLM"]
+    exported.dtype = dtype
+    return exported
+
+
+def gemma2_tensor_names(src: Path, files: list[str], exported_config) -> dict[str, str]:
+    """ModernGPT2 -> Gemma2 tensor names, checked name by name and shape by shape against a Gemma2 model."""
+    from transformers import Gemma2ForCausalLM
+
+    with torch.device("meta"):
+        reference = Gemma2ForCausalLM(exported_config)
+    return check_tensor_names(src, files, reference, to_gemma2_key)
+
+
+def write_gemma2_config(exported_config, out: Path) -> None:
+    """config.json, plus the top-level `rope_theta` that transformers 4.x reads (5.x reads `rope_parameters`)."""
+    exported_config.save_pretrained(out)
+    path = out / "config.json"
+    data = json.loads(path.read_text())
+    data.setdefault("rope_theta", exported_config.rope_parameters["rope_theta"])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_checkpoint_tokenizer(src: Path):
+    """The tokenizer saved next to the weights, or None when there is none."""
+    if not (src / "tokenizer.json").is_file() and not (src / "tokenizer_config.json").is_file():
+        return None
+    from ..tokenization import load_tokenizer
+
+    return load_tokenizer(str(src))
+
+
+def export_gemma2(src, dst, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
+    """Write the ModernGPT2 checkpoint ``src`` as a Gemma2ForCausalLM directory ``dst``."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise UserError(f"{src} is not a directory; give a ModernGPT2 checkpoint directory")
+    config = read_moderngpt2_config(src)
+    check_gemma2_expressible(config)
+    files = shard_files(src)
+    exported = gemma2_config(config, dtype or stored_dtype(src, files))
+    names = gemma2_tensor_names(src, files, exported)
+    tokenizer = load_checkpoint_tokenizer(src)
+    with staged_output(dst, overwrite) as staging:
+        write_shards(src, files, names, staging, dtype)
+        write_gemma2_config(exported, staging)
+        save_generation_config(exported, staging, tokenizer)
+        if tokenizer is not None:
+            save_portable_tokenizer(tokenizer, staging, config.n_positions)
+    return dst
