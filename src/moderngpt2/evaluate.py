@@ -7,6 +7,7 @@ log-likelihood per predicted token over all blocks (token-weighted, not an avera
 
     moderngpt2 evaluate --model out/final --input data/pretokenized
     moderngpt2 evaluate --model out/final --input heldout.jsonl --block_size 512
+    moderngpt2 evaluate --model out/final --tasks hellaswag,arc_easy --limit 100   # lm-evaluation-harness
 """
 
 import argparse
@@ -19,13 +20,14 @@ from tqdm.auto import tqdm
 
 from .data.arguments import add_flag
 from .errors import UserError
+from .harness import add_harness_flags, prepare_harness, run_harness
 from .training.inference import DTYPES, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
     add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
-    add_flag(parser, "--input", nargs="+", required=True,
+    add_flag(parser, "--input", nargs="+", default=None,
              help="a pretokenized directory or Megatron prefix, or text files/directories/`datasets` sources")
     add_flag(parser, "--split", default="validation", help="split of pretokenized data (default validation)")
     add_flag(parser, "--per-layer-data-path", default=None, help="explicit per-layer id streams of pretokenized data")
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     add_flag(parser, "--dtype", default="auto", choices=("auto", *DTYPES), help="weights dtype (default auto)")
     add_flag(parser, "--output_json", default=None, help="also write the numbers to this JSON file")
+    add_harness_flags(parser)
     return parser
 
 
@@ -117,7 +120,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
+    if (args.input is None) == (args.tasks is None):
+        raise UserError("give either --input (perplexity on held-out text) or --tasks (lm-evaluation-harness)")
+    prepared = prepare_harness(args) if args.tasks is not None else None
     model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
+    if prepared is not None:
+        run_harness(args, prepared, model, tokenizer)
+        return 0
     block_size = args.block_size or model.config.n_positions
     if block_size < 2:
         raise UserError(f"--block_size {block_size}: must be at least 2")
