@@ -1,0 +1,92 @@
+"""The exported GGUF file run by llama.cpp itself (llama-cpp-python): same tokens, same logits, same greedy text.
+
+Slow and optional: llama-cpp-python builds llama.cpp from source (long on two cores), so it is not part of
+the `dev` extra; the test skips when `llama_cpp` is not importable. Install it with
+`pip install llama-cpp-python` to run it.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from moderngpt2.export.gguf import export_gguf
+
+from test_export_gguf import CONFIGS, TEXTS, save_checkpoint
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+pytestmark = pytest.mark.slow
+LOGIT_TOLERANCE = 1e-3
+PROMPTS = ["the quick brown fox 3 jumps", "over the lazy dog 14, naïve café", "<|endoftext|>the lazy fox 7"]
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def exported(request, tmp_path_factory):
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp(request.param)
+    model, tokenizer = save_checkpoint(directory / "ours", **CONFIGS[request.param])
+    path = export_gguf(directory / "ours", directory / "model.gguf", "f32")
+    # a float32 KV cache (llama.cpp's default is float16), so the comparison measures the graph, not the cache
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, logits_all=True, n_threads=1, verbose=False,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+    return request.param, model, tokenizer, llm
+
+
+def llama_logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)])
+
+
+def test_tokenization_matches(exported):
+    _, _, tokenizer, llm = exported
+    for text in PROMPTS + TEXTS[:5]:
+        assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == tokenizer(text)["input_ids"], text
+
+
+class Float16TableGelu(torch.nn.Module):
+    """GELU as llama.cpp's CPU backend computes it: looked up in a table indexed by the float16-rounded input
+    (GGML_GELU_FP16), identity above 10 and zero below -10."""
+
+    def forward(self, x):
+        looked_up = torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().float()
+        return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, looked_up))
+
+
+def test_logits_match(exported):
+    """Within 1e-3 of our model run with llama.cpp's GELU table; the table alone costs a few 1e-3 more."""
+    name, model, tokenizer, llm = exported
+    emulated = copy.deepcopy(model)
+    for layer in emulated.model.layers:
+        layer.mlp.act_fn = Float16TableGelu()
+    worst_exact = worst_emulated = 0.0
+    for text in PROMPTS:
+        ids = tokenizer(text)["input_ids"]
+        theirs = llama_logits(llm, ids)
+        with torch.no_grad():
+            exact = model(torch.tensor([ids])).logits[0].numpy()
+            table = emulated(torch.tensor([ids])).logits[0].numpy()
+        worst_exact = max(worst_exact, float(np.abs(theirs - exact).max()))
+        worst_emulated = max(worst_emulated, float(np.abs(theirs - table).max()))
+    print(f"[{name}] max |logit diff| llama.cpp (f32) vs ModernGPT2: {worst_exact:.2e}; "
+          f"vs ModernGPT2 with llama.cpp's GELU table: {worst_emulated:.2e}")
+    assert worst_emulated < LOGIT_TOLERANCE
+    assert worst_exact < 10 * LOGIT_TOLERANCE
+
+
+def test_greedy_continuation_matches(exported):
+    _, model, tokenizer, llm = exported
+    for text in PROMPTS:
+        ids = tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            ours = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, use_cache=False,
+                                  pad_token_id=2, eos_token_id=None)[0, len(ids):].tolist()
+        llm.reset()
+        llm.eval(ids)
+        theirs = []
+        for _ in range(32):
+            theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            llm.eval([theirs[-1]])
+        assert theirs == ours, text
