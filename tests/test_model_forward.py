@@ -312,7 +312,7 @@ def test_both_classification_heads_score_the_same_hidden_states():
 
 
 def test_modeling_code_is_self_contained():
-    allowed_roots = {"math", "functools", "importlib", "torch", "transformers", "flash_attn"}  # flash_attn: optional
+    allowed_roots = {"dataclasses", "math", "functools", "importlib", "torch", "transformers", "flash_attn"}  # flash_attn: optional
     for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py"):
         tree = ast.parse((pathlib.Path(moderngpt2.__file__).parent / name).read_text())
         for node in ast.walk(tree):

@@ -68,7 +68,7 @@ class ModernGPT2Config(PreTrainedConfig):
     """
 
     model_type = "moderngpt2"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the output's cache field: new and old name
     attribute_map = {
         "hidden_size": "n_embd",
         "num_hidden_layers": "n_layer",

@@ -5,6 +5,7 @@ loads 1:1. This file imports only torch, transformers and its two sibling module
 checkpoint and loaded with `trust_remote_code=True` where this package is not installed.
 """
 
+import dataclasses
 import math
 
 import torch
@@ -32,6 +33,19 @@ from .attention_moderngpt2 import (
     select_attention_backend,
 )
 from .configuration_moderngpt2 import ModernGPT2Config
+
+
+# transformers 5.24 renamed the cache argument of forward/generate and the cache field of every output from
+# `past_key_values` to `cache`; the old name still works there, but with a deprecation warning. The fields of an
+# output class say which name the running transformers uses, once, at import.
+CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+def resolve_cache(cache, past_key_values):
+    """The cache passed under either name: `cache` (transformers >= 5.24) or `past_key_values` (before)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the cache once, as `cache` or as `past_key_values`, not both")
+    return past_key_values if cache is None else cache
 
 
 def _scaled(tensor, scale):
@@ -141,7 +155,7 @@ class ModernGPT2Attention(nn.Module):
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
         self.o_proj.is_residual_projection = True
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, attn_backend, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask, attn_backend, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         # The head count comes from the projected width, never from the config, so a column-sharded
         # (tensor-parallel) projection simply yields this rank's heads.
@@ -150,8 +164,8 @@ class ModernGPT2Attention(nn.Module):
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, Hkv, K, D)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, Hkv, K, D)
 
         output, weights = ATTENTION_BACKENDS[attn_backend](
             query,
@@ -251,7 +265,7 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
         self.per_layer_gate = PerLayerGate(config) if config.use_per_layer_embedding else None
 
     def forward(self, hidden_states, per_layer_input=None, attention_mask=None, attn_backend="eager",
-                position_embeddings=None, past_key_values=None, **kwargs):
+                position_embeddings=None, cache=None, **kwargs):
         if self.per_layer_gate is not None:
             hidden_states = self.per_layer_gate(hidden_states, per_layer_input)
         residual = hidden_states
@@ -260,7 +274,7 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
             attn_backend=attn_backend,
-            past_key_values=past_key_values,
+            cache=cache,
         )
         hidden_states = residual + self.resid_dropout(self.post_attention_layernorm(hidden_states))
         residual = hidden_states
@@ -275,7 +289,7 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ModernGPT2DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -450,14 +464,16 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         per_layer_input_ids=None,
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
+        past_key_values=None,
         **kwargs,
     ):
+        cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -468,13 +484,13 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
             use_cache = self.config.use_cache and not self.training  # training never reads a cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
         if inputs_embeds is None:
             inputs_embeds = _scaled(self.embed_tokens(input_ids), self.config.hidden_size**0.5)
         seq_len = inputs_embeds.shape[1]
-        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_seen = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_seen).unsqueeze(0)
 
@@ -487,8 +503,8 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
             per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
             per_layer_inputs = self.per_layer_projection(inputs_embeds, per_layer_embeds)  # (B, S, L, d)
 
-        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, past_key_values is not None)
-        masks = build_attention_masks(self.config.layer_types, attention_mask, past_key_values, past_seen, seq_len,
+        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, cache is not None)
+        masks = build_attention_masks(self.config.layer_types, attention_mask, cache, past_seen, seq_len,
                                       inputs_embeds.device)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = self.embed_dropout(inputs_embeds)
@@ -504,7 +520,7 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
                 attention_mask=masks[layer.attention_type],
                 attn_backend=attn_backend,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
             )
             if output_attentions:
                 all_attentions += (attn_weights,)
@@ -514,7 +530,7 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
 
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_NAME: cache if use_cache else None},
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
@@ -550,7 +566,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         per_layer_input_ids=None,
         labels=None,
@@ -558,6 +574,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         logits_to_keep=0,
         num_items_in_batch=None,
         return_logits=None,
+        past_key_values=None,
         **kwargs,
     ):
         r"""
@@ -574,7 +591,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             per_layer_input_ids=per_layer_input_ids,
             use_cache=use_cache,
@@ -595,7 +612,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -621,12 +638,9 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         logits = self.compute_logits(hidden_chunk, for_loss=True)
         return F.cross_entropy(logits, target_chunk, ignore_index=-100, reduction="sum")
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
-                                      per_layer_input_ids=None, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, per_layer_input_ids=None, **kwargs):
+        # Everything else (the cache among it, under whichever name this transformers uses) passes through untouched.
+        model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         if per_layer_input_ids is not None:
             # Explicit ids cover the prompt; the tokens generated after it are mapped like any other token.
             total = input_ids.shape[1] + (inputs_embeds.shape[1] if inputs_embeds is not None else 0)
@@ -681,11 +695,13 @@ class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, per_layer_input_ids=None, labels=None, use_cache=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                inputs_embeds=None, per_layer_input_ids=None, labels=None, use_cache=None, past_key_values=None,
+                **kwargs):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, per_layer_input_ids=per_layer_input_ids,
+            cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
+            per_layer_input_ids=per_layer_input_ids,
             use_cache=use_cache, **kwargs,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, S, num_labels)
@@ -709,7 +725,7 @@ class ModernGPT2ForSequenceClassification(ModernGPT2ScoringModel):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
         return SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled_logits, past_key_values=outputs.past_key_values,
+            loss=loss, logits=pooled_logits, **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
 
