@@ -91,7 +91,7 @@ def test_exported_greedy_generation_matches(exported):
     prompt, mask = input_ids[:, :6], attention_mask[:, :6]
     settings = dict(max_new_tokens=10, do_sample=False, pad_token_id=BASE["pad_token_id"], eos_token_id=None)
     with torch.no_grad():
-        expected = model.generate(prompt, attention_mask=mask, use_cache=False, **settings)
+        expected = model.generate(prompt, attention_mask=mask, **settings)
         actual = gemma2.generate(prompt, attention_mask=mask, **settings)
     assert actual.shape == (2, 16) and torch.equal(actual, expected)
 
