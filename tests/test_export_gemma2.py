@@ -108,6 +108,9 @@ def test_exported_directory_needs_no_remote_code(exported):
     tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert "backend" not in tokenizer_config and "extra_special_tokens" not in tokenizer_config
+    card = (directory / "README.md").read_text()
+    assert "Gemma2ForCausalLM" in card and "trust_remote_code" not in card
+    assert f"{sum(p.numel() for p in model.parameters()):,}" in card  # total parameters
     tokenizer = AutoTokenizer.from_pretrained(directory)
     assert tokenizer.model_max_length == BASE["n_positions"]
     original = small_tokenizer()

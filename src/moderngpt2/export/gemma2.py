@@ -105,6 +105,29 @@ def load_checkpoint_tokenizer(src: Path):
     return load_tokenizer(str(src))
 
 
+def gemma2_model_card(config, src: Path) -> str:
+    """README.md of the export: how to load it without remote code, its size, and the source's training record."""
+    from ..info import count_parameters, format_counts
+
+    lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gemma2, moderngpt2]",
+             "---", "", "# Gemma2ForCausalLM exported from ModernGPT2", "",
+             "A standard transformers Gemma2 checkpoint (no remote code), written by `moderngpt2 export --format "
+             "gemma2`; its logits equal the source ModernGPT2 model's.", "",
+             f"- {config.n_layer} layers, hidden size {config.n_embd}, {config.n_head} query / "
+             f"{config.num_key_value_heads} key-value heads of size {config.head_dim}, context {config.n_positions}",
+             "", "```", format_counts(count_parameters(config)), "```", "", "```python",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             'model = AutoModelForCausalLM.from_pretrained("PATH")', 'tokenizer = AutoTokenizer.from_pretrained("PATH")',
+             "```", ""]
+    source_card = src / "README.md"
+    if source_card.is_file():
+        text = source_card.read_text(encoding="utf-8")
+        start, end = text.find("## Training"), text.find("## Use")
+        if start >= 0:
+            lines.append(text[start:end if end > start else None].rstrip() + "\n")
+    return "\n".join(lines)
+
+
 def export_gemma2(src, dst, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """Write the ModernGPT2 checkpoint ``src`` as a Gemma2ForCausalLM directory ``dst``."""
     src, dst = Path(src), Path(dst)
@@ -122,4 +145,5 @@ def export_gemma2(src, dst, dtype: torch.dtype | None = None, overwrite: bool = 
         save_generation_config(exported, staging, tokenizer)
         if tokenizer is not None:
             save_portable_tokenizer(tokenizer, staging, config.n_positions)
+        (staging / "README.md").write_text(gemma2_model_card(config, src), encoding="utf-8")
     return dst
