@@ -32,8 +32,9 @@ CONFIGS = {
 }
 
 
-def random_model(**overrides) -> ModernGPT2ForCausalLM:
-    model = ModernGPT2ForCausalLM(ModernGPT2Config(**{**BASE, **overrides}))
+def random_model(base=None, **overrides) -> ModernGPT2ForCausalLM:
+    """A model whose embeddings, norm gains and projections are all large enough to matter in the logits."""
+    model = ModernGPT2ForCausalLM(ModernGPT2Config(**{**(base or BASE), **overrides}))
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.normal_(0.0, 1.0 if "embed" in name else 0.3 if "norm" in name else 0.15)

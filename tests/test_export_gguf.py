@@ -15,6 +15,7 @@ from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM, cli
 from moderngpt2.errors import UserError
 from moderngpt2.export.gguf import export_gguf
 from moderngpt2.tokenization import train_tokenizer
+from test_export_gemma2 import random_model
 
 VOCAB = 320
 BASE = dict(vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, num_key_value_heads=2, head_dim=24, n_positions=64,
@@ -43,16 +44,8 @@ EXPECTED_NAMES = {
 }
 
 
-def random_model(**overrides) -> ModernGPT2ForCausalLM:
-    model = ModernGPT2ForCausalLM(ModernGPT2Config(**{**BASE, **overrides}))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.normal_(0.0, 1.0 if "embed" in name else 0.3 if "norm" in name else 0.15)
-    return model.eval()
-
-
 def save_checkpoint(directory, model_type="bpe", **overrides):
-    model = random_model(**overrides)
+    model = random_model(BASE, **overrides)
     model.save_pretrained(directory)
     tokenizer = train_tokenizer(TEXTS, model_type=model_type, vocab_size=300, progress=False)
     tokenizer.save_pretrained(directory)

@@ -106,22 +106,26 @@ def to_gemma2_key(moderngpt2_key: str) -> str:
     return _translate_key(moderngpt2_key, GEMMA2_KEY_MAP, "Gemma2-compatible ModernGPT2")
 
 
-def read_gemma2_config(src: Path):
-    """Load SRC/config.json as a transformers ``Gemma2Config`` (its defaults fill fields the file omits)."""
-    from transformers import Gemma2Config
-
+def read_checkpoint_config(src: Path, config_class, model_type: str, kind: str, hint: str):
+    """Load SRC/config.json as ``config_class`` (its defaults fill fields the file omits); UserError for a
+    missing file, another model type or an invalid config."""
     config_path = src / "config.json"
     if not config_path.is_file():
         raise UserError(f"{src} is not a checkpoint directory: {config_path} is missing")
     raw = read_json_object(config_path, "checkpoint config")
-    if raw.get("model_type") != "gemma2":
-        raise UserError(
-            f"{config_path}: model_type is {raw.get('model_type')!r}, expected 'gemma2'; give a Gemma2 checkpoint directory"
-        )
+    if raw.get("model_type") != model_type:
+        raise UserError(f"{config_path}: model_type is {raw.get('model_type')!r}, expected {model_type!r}; {hint}")
     try:
-        return Gemma2Config.from_dict(raw)
+        return config_class.from_dict(raw)
     except (TypeError, ValueError) as error:
-        raise UserError(f"{config_path}: invalid Gemma2 config ({error})") from None
+        raise UserError(f"{config_path}: invalid {kind} config ({error})") from None
+
+
+def read_gemma2_config(src: Path):
+    """Load SRC/config.json as a transformers ``Gemma2Config``."""
+    from transformers import Gemma2Config
+
+    return read_checkpoint_config(src, Gemma2Config, "gemma2", "Gemma2", "give a Gemma2 checkpoint directory")
 
 
 def moderngpt2_config_kwargs(gemma2_config) -> dict:

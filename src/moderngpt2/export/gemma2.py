@@ -14,6 +14,7 @@ import torch
 from ..convert import (
     CONFIG_MAP,
     check_tensor_names,
+    read_checkpoint_config,
     shard_files,
     staged_output,
     stored_dtype,
@@ -21,7 +22,6 @@ from ..convert import (
     write_shards,
 )
 from ..errors import UserError
-from ..jsonfile import read_json_object
 from .hub_files import save_generation_config, save_portable_tokenizer
 
 PER_LAYER_REFUSAL = (
@@ -34,19 +34,8 @@ def read_moderngpt2_config(src: Path):
     """SRC/config.json as a ``ModernGPT2Config``; UserError for anything else."""
     from ..configuration_moderngpt2 import ModernGPT2Config
 
-    config_path = src / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{src} is not a checkpoint directory: {config_path} is missing")
-    raw = read_json_object(config_path, "checkpoint config")
-    if raw.get("model_type") != "moderngpt2":
-        raise UserError(
-            f"{config_path}: model_type is {raw.get('model_type')!r}, expected 'moderngpt2'; give a ModernGPT2 "
-            "checkpoint directory (a training run's final/ folder)"
-        )
-    try:
-        return ModernGPT2Config.from_dict(raw)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{config_path}: invalid ModernGPT2 config ({error})") from None
+    return read_checkpoint_config(src, ModernGPT2Config, "moderngpt2", "ModernGPT2",
+                                  "give a ModernGPT2 checkpoint directory (a training run's final/ folder)")
 
 
 def check_gemma2_expressible(config) -> None:
