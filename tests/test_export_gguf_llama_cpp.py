@@ -90,3 +90,15 @@ def test_greedy_continuation_matches(exported):
             theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
             llm.eval([theirs[-1]])
         assert theirs == ours, text
+
+
+def test_unigram_tokenizer_in_llama_cpp(tmp_path, capsys):
+    """Same ids for text the vocabulary covers; outside it llama.cpp's unigram has no byte fallback (warned)."""
+    _, tokenizer = save_checkpoint(tmp_path / "ours", model_type="unigram", **CONFIGS["gemma2_like"])
+    path = export_gguf(tmp_path / "ours", tmp_path / "model.gguf")
+    assert "no byte fallback" in capsys.readouterr().out
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
+    for text in TEXTS[:5] + ["  two  spaces ", "naïve café"]:
+        assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == tokenizer(text)["input_ids"], text
+    assert tokenizer("日")["input_ids"] == tokenizer.convert_tokens_to_ids(["<0xE6>", "<0x97>", "<0xA5>"])
+    assert llm.tokenize("日".encode("utf-8"), add_bos=False, special=False) == [tokenizer.unk_token_id]
