@@ -40,6 +40,23 @@ def llama_logits(llm, ids):
     return np.array(llm.scores[: len(ids)])
 
 
+def our_greedy(model, ids, new_tokens=32):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, pad_token_id=2,
+                             eos_token_id=None)
+    return out[0, len(ids):].tolist()
+
+
+def llama_greedy(llm, ids, new_tokens=32):
+    llm.reset()
+    llm.eval(ids)
+    tokens = []
+    for _ in range(new_tokens):
+        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([tokens[-1]])
+    return tokens
+
+
 def test_tokenization_matches(exported):
     _, _, tokenizer, llm = exported
     for text in PROMPTS + TEXTS[:5]:
@@ -80,16 +97,7 @@ def test_greedy_continuation_matches(exported):
     _, model, tokenizer, llm = exported
     for text in PROMPTS:
         ids = tokenizer(text)["input_ids"]
-        with torch.no_grad():
-            ours = model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, use_cache=False,
-                                  pad_token_id=2, eos_token_id=None)[0, len(ids):].tolist()
-        llm.reset()
-        llm.eval(ids)
-        theirs = []
-        for _ in range(32):
-            theirs.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
-            llm.eval([theirs[-1]])
-        assert theirs == ours, text
+        assert llama_greedy(llm, ids) == our_greedy(model, ids), text
 
 
 def test_unigram_tokenizer_in_llama_cpp(tmp_path, capsys):
@@ -102,3 +110,37 @@ def test_unigram_tokenizer_in_llama_cpp(tmp_path, capsys):
         assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) == tokenizer(text)["input_ids"], text
     assert tokenizer("日")["input_ids"] == tokenizer.convert_tokens_to_ids(["<0xE6>", "<0x97>", "<0xA5>"])
     assert llm.tokenize("日".encode("utf-8"), add_bos=False, special=False) == [tokenizer.unk_token_id]
+
+
+def test_q8_0_is_byte_identical_to_llama_cpp_quantizing_the_f32_file(tmp_path):
+    """Our q8_0 file holds exactly the blocks llama.cpp's own quantizer makes from our f32 file."""
+    import ctypes
+
+    from gguf import GGUFReader
+
+    save_checkpoint(tmp_path / "ours", **CONFIGS["gemma2_like"])
+    f32 = export_gguf(tmp_path / "ours", tmp_path / "model-f32.gguf", "f32")
+    ours = export_gguf(tmp_path / "ours", tmp_path / "model-q8_0.gguf", "q8_0")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = 7  # LLAMA_FTYPE_MOSTLY_Q8_0
+    theirs = tmp_path / "llama-q8_0.gguf"
+    assert llama_cpp.llama_model_quantize(str(f32).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+    ours_tensors = {t.name: t for t in GGUFReader(ours).tensors}
+    their_tensors = {t.name: t for t in GGUFReader(theirs).tensors}
+    assert sorted(ours_tensors) == sorted(their_tensors)
+    assert {t.tensor_type.name for t in ours_tensors.values()} == {"F32", "Q8_0"}
+    for name, tensor in ours_tensors.items():
+        assert tensor.tensor_type == their_tensors[name].tensor_type, name
+        assert np.array_equal(np.asarray(tensor.data).view(np.uint8), np.asarray(their_tensors[name].data).view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_half_precision_files_keep_the_greedy_continuation(exported, tmp_path, dtype):
+    name, model, tokenizer, _ = exported
+    model.save_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "ours")
+    path = export_gguf(tmp_path / "ours", tmp_path / f"model-{dtype}.gguf", dtype)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, n_threads=1, verbose=False)
+    for text in PROMPTS:
+        ids = tokenizer(text)["input_ids"]
+        assert llama_greedy(llm, ids) == our_greedy(model, ids), (name, dtype, text)
