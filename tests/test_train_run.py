@@ -355,3 +355,22 @@ def test_a_fresh_config_rounds_the_vocabulary_and_layers_the_flags(assets, tmp_p
     assert (config.n_layer, config.n_embd, config.n_positions) == (3, 128, 64)  # preset < flags < overrides
     assert config.per_layer_vocab_size == 320  # the default 10000 capped at the main vocabulary
     assert (config.eos_token_id, config.pad_token_id) == (tokenizer.eos_token_id, tokenizer.pad_token_id)
+
+
+def test_document_mask_reaches_the_model_and_changes_the_loss(assets, tmp_path):
+    """`--document_mask`: batches carry the EOS-derived document ids, and the first step's loss differs from the
+    same step without them (same seed, same data), so the mask was applied inside the model."""
+    from moderngpt2.training.arguments import parse_arguments
+    from moderngpt2.training.data import document_ids_from_eos, load_training_data
+
+    tokenizer = load_tokenizer(str(assets["tokenizer"]))
+    flags = train_flags(assets, tmp_path / "masked", "--max_steps", "1", "--document_mask")
+    _, data_args, per_layer_args, _ = parse_arguments(flags)
+    data = load_training_data(data_args, per_layer_args, tokenizer, eval_wanted=False)
+    batch = data.collate([data.train[i] for i in range(4)])
+    assert torch.equal(batch["document_ids"], document_ids_from_eos(batch["input_ids"], tokenizer.eos_token_id))
+    assert int(batch["document_ids"].max()) >= 1  # the blocks do pack several documents
+    assert cli(["train", *flags]) == 0
+    assert cli(["train", *train_flags(assets, tmp_path / "plain", "--max_steps", "1")]) == 0
+    masked, plain = logged(tmp_path / "masked")[1], logged(tmp_path / "plain")[1]
+    assert math.isfinite(masked) and abs(masked - plain) > 1e-4

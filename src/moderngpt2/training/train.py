@@ -27,7 +27,7 @@ from .callbacks import (
     flops_per_token,
 )
 from .checkpoints import last_complete_checkpoint, resolve_resume
-from .data import collate_blocks, load_training_data
+from .data import load_training_data
 from .final_checkpoint import finalize
 from .model_setup import build_config, check_block_size, load_model, per_layer_token_map
 from .plots import plot_loss_curves
@@ -136,7 +136,7 @@ def build_trainer(model, tokenizer, data, model_args, per_layer_args, training_a
         args=training_args,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=collate_blocks,
+        data_collator=data.collate,
         processing_class=tokenizer,
         callbacks=callbacks,
         per_layer_learning_rate_scale=per_layer_args.per_layer_learning_rate_scale,
