@@ -113,6 +113,7 @@ def test_limit_and_fewshot_reach_the_harness(checkpoint, tmp_path):
     (["--tasks", " , "], "--tasks is empty"),
     ([], "give either --input"),
     (["--tasks", "x", "--include_path", "/nonexistent/tasks"], "--include_path /nonexistent/tasks"),
+    (["--tasks", "tiny_choice", "--framework", "jax"], "drop --framework jax"),
 ])
 def test_bad_task_flags_are_one_line(checkpoint, capsys, argv, message):
     _, _, directory = checkpoint
