@@ -101,7 +101,7 @@ def test_exported_directory_needs_no_remote_code(exported):
     name, model, _, directory = exported
     config = json.loads((directory / "config.json").read_text())
     assert config["model_type"] == "gemma2" and config["architectures"] == ["Gemma2ForCausalLM"]
-    assert "auto_map" not in config and not list(directory.glob("*.py"))
+    assert "auto_map" not in config and not list(directory.glob("*.py")) and config["use_cache"] is True
     assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == model.config.rope_theta
     assert config["layer_types"] == model.config.layer_types
     generation = json.loads((directory / "generation_config.json").read_text())

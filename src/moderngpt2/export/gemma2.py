@@ -61,6 +61,7 @@ def gemma2_config(config, dtype: torch.dtype):
     if kwargs["sliding_window"] is None:
         kwargs["sliding_window"] = config.n_positions
     kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": float(config.rope_theta)}
+    kwargs["use_cache"] = True  # a checkpoint saved mid-training says false; the export is for inference
     exported = Gemma2Config(attention_bias=False, **kwargs)
     exported.architectures = ["Gemma2ForCausalLM"]
     exported.dtype = dtype
