@@ -56,7 +56,7 @@ def greedy_continuation(model, tokenizer, prompt, new_tokens=8):
 def write_tasks(directory, choice_docs, generate_docs):
     for name, docs in (("choice", choice_docs), ("continue", generate_docs)):
         (directory / f"{name}.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
-    common = f"dataset_path: json\ntest_split: test\n"
+    common = "dataset_path: json\ntest_split: test\n"
     (directory / "tiny_choice.yaml").write_text(
         "task: tiny_choice\n" + common +
         f"dataset_kwargs:\n  data_files:\n    test: {directory / 'choice.jsonl'}\n"
