@@ -145,6 +145,14 @@ def test_shift_labels_are_used_as_given_and_never_shifted_again():
     assert abs(shifted_twice - reference) > 1e-3
 
 
+def test_the_trainer_sees_labels_as_the_only_label_column():
+    # The Trainer takes every named forward parameter containing "label" as a label column and computes no eval
+    # loss when a batch lacks one, so shift_labels must stay a keyword read from kwargs.
+    from transformers.utils import find_labels
+
+    assert find_labels(ModernGPT2ForCausalLM) == ["labels"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_under_bf16_autocast_the_fused_loss_matches_and_holds_less_memory():
@@ -175,10 +183,3 @@ def test_on_cuda_under_bf16_autocast_the_fused_loss_matches_and_holds_less_memor
     for want, have in zip(naive_result[1:3], fused_result[1:3]):
         assert ((have - want).norm() / want.norm()).item() < 2e-2
     assert fused_result[3] < naive_result[3]  # the full (4096, 32000) float32 logits never exist
-
-
-def test_the_trainer_sees_labels_as_the_only_label_input():
-    """transformers' Trainer computes an evaluation loss only when every label-named forward parameter is given."""
-    from transformers.utils import find_labels
-
-    assert find_labels(ModernGPT2ForCausalLM) == ["labels"]
