@@ -49,6 +49,12 @@ def main():
         reference = torch.load(Path(checkpoint) / "reference_logits.pt")
         with torch.no_grad():
             logits = model(**inputs).logits
+            prompt = inputs["input_ids"][:1]  # the unpadded row
+            generated = model.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+            recomputed = prompt
+            for _ in range(12):
+                next_token = model(recomputed, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                recomputed = torch.cat((recomputed, next_token), dim=1)
         token_map = getattr(model.model, "per_layer_token_map", None)
         base = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
         heads = {}
@@ -66,6 +72,8 @@ def main():
             "model_class": f"{type(model).__module__}.{type(model).__name__}",
             "max_abs_diff": (logits - reference).abs().max().item(),
             "equal": torch.equal(logits, reference),
+            "generated": generated.tolist(),
+            "generation_equals_recomputation": torch.equal(generated, recomputed),
             "token_map": None if token_map is None else token_map.tolist(),
         }
     Path(request["output"]).write_text(json.dumps(results))
