@@ -11,7 +11,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache
@@ -23,7 +22,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .attention_moderngpt2 import (
@@ -33,6 +32,13 @@ from .attention_moderngpt2 import (
     select_attention_backend,
 )
 from .configuration_moderngpt2 import ModernGPT2Config
+from .loss_moderngpt2 import (
+    DEFAULT_CHUNK_SIZE,
+    causal_lm_loss_from_logits,
+    fused_linear_cross_entropy,
+    softcap,
+    upcast,
+)
 
 
 # transformers 5.24 renamed the cache argument of forward/generate and the cache field of every output from
@@ -51,16 +57,6 @@ def resolve_cache(cache, past_key_values):
 def _scaled(tensor, scale):
     # The scale is rounded to the activation dtype first, as Gemma2/Gemma3n do (sqrt(768) becomes 27.75 in bf16).
     return tensor * torch.tensor(scale, dtype=tensor.dtype)
-
-
-def upcast(tensor):
-    """At least float32 (float64 stays float64): where the loss is computed."""
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
-
-
-def softcap(logits, cap):
-    """`cap * tanh(logits / cap)`: bounds logits smoothly to (-cap, cap)."""
-    return cap * torch.tanh(logits / cap)
 
 
 class ModernGPT2RMSNorm(nn.Module):
@@ -149,6 +145,10 @@ class ModernGPT2Attention(nn.Module):
         self.attn_logit_softcapping = config.attn_logit_softcapping
         self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
         self.attention_dropout = config.attention_dropout
+        # What transformers' attention functions read from the module they are given (see `registered_attention`).
+        self.config = config
+        self.is_causal = True
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
@@ -167,16 +167,14 @@ class ModernGPT2Attention(nn.Module):
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)  # (B, Hkv, K, D)
 
-        output, weights = ATTENTION_BACKENDS[attn_backend](
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            softcap=self.attn_logit_softcapping,
-            sliding_window=self.sliding_window,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )  # (B, S, Hq, D)
+        quirks = dict(scaling=self.scaling, softcap=self.attn_logit_softcapping, sliding_window=self.sliding_window,
+                      dropout=self.attention_dropout if self.training else 0.0)
+        if attn_backend in ATTENTION_BACKENDS:
+            output, weights = ATTENTION_BACKENDS[attn_backend](query, key, value, attention_mask, **quirks)
+        else:  # a function registered with transformers' AttentionInterface, e.g. by vLLM's Transformers backend
+            output, weights = ALL_ATTENTION_FUNCTIONS[attn_backend](
+                self, query, key, value, attention_mask.dense(self.sliding_window), **quirks, **kwargs
+            )  # (B, S, Hq, D)
         output = self.o_proj(output.reshape(*input_shape, -1).contiguous())  # (B, S, H)
         return output, weights
 
@@ -293,12 +291,26 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
             attention_mask=attention_mask,
             attn_backend=attn_backend,
             cache=cache,
+            **kwargs,
         )
         hidden_states = residual + self.resid_dropout(self.post_attention_layernorm(hidden_states))
         residual = hidden_states
         hidden_states = self.mlp(self.pre_feedforward_layernorm(hidden_states))
         hidden_states = residual + self.resid_dropout(self.post_feedforward_layernorm(hidden_states))
         return hidden_states, attn_weights
+
+
+def registered_attention(name) -> bool:
+    """True for an attention function registered with transformers' AttentionInterface from outside transformers.
+
+    It is called like transformers' own: `(module, query, key, value, attention_mask, *, scaling, dropout,
+    softcap, sliding_window, **kwargs)` with a boolean mask `(B or 1, 1, Q, K)`, True where a query may
+    attend. transformers' built-in functions expect their own mask formats, so this package's backends
+    stand in for those names.
+    """
+    if not isinstance(name, str) or name in ATTENTION_BACKENDS or name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        return False
+    return not getattr(ALL_ATTENTION_FUNCTIONS[name], "__module__", "").startswith("transformers.")
 
 
 class ModernGPT2PreTrainedModel(PreTrainedModel):
@@ -311,7 +323,9 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
-    _supports_attention_backend = False  # attention dispatches through this package's own registry
+    # Attention runs through this package's backends (`attention_moderngpt2.py`), or through any function
+    # registered with transformers' AttentionInterface under another name (vLLM's Transformers backend).
+    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -361,7 +375,8 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         if requested_attention is None or still_automatic:
             config._attn_implementation_autoset = True
             return select_attention_backend(config, "cpu", query_length=None, has_cache=False, training=False)
-        check_attention_backend(requested_attention, config)
+        if not registered_attention(requested_attention):
+            check_attention_backend(requested_attention, config)
         config._attn_implementation_autoset = False
         return requested_attention
 
@@ -418,11 +433,11 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         )
         return embeddings
 
-    def attention_backend(self, device, query_length=None, has_cache=False):
+    def attention_backend(self, device, query_length=None, has_cache=False, document_mask=False):
         """The backend a forward on `device` uses: a full sequence by default, `query_length=1, has_cache=True`
-        for a decode step (see `select_attention_backend`)."""
+        for a decode step, `document_mask=True` with document ids (see `select_attention_backend`)."""
         return select_attention_backend(self.config, torch.device(device).type, query_length, has_cache,
-                                        self.training)
+                                        self.training, document_mask)
 
 
 def gemma3n_per_layer_ids(main_ids, per_layer_vocab_size):
@@ -490,9 +505,16 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
+        document_ids=None,
         past_key_values=None,
         **kwargs,
     ):
+        r"""
+        document_ids: (B, S) integers for packed sequences: a position attends only to earlier positions with the
+            same id, so documents packed into one row do not see each other. RoPE positions are not restarted per
+            document: attention scores depend only on relative positions, so each document's outputs equal those
+            of a forward over it alone. For forwards without cached content (training, evaluation, scoring).
+        """
         cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -524,9 +546,10 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
                 per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
             per_layer_inputs = self.per_layer_projection(inputs_embeds, per_layer_embeds)  # (B, S, L, d)
 
-        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, cache is not None)
+        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, cache is not None,
+                                              document_ids is not None)
         masks = build_attention_masks(self.config.layer_types, attention_mask, cache, past_seen, seq_len,
-                                      inputs_embeds.device)
+                                      inputs_embeds.device, document_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = self.embed_dropout(inputs_embeds)
 
@@ -542,6 +565,7 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
                 attn_backend=attn_backend,
                 position_embeddings=position_embeddings,
                 cache=cache,
+                **kwargs,
             )
             if output_attentions:
                 all_attentions += (attn_weights,)
@@ -563,7 +587,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
     _fsdp_plan = {"lm_head": "keep_full_weight"}
     # Positions per loss chunk: bounds the float32 logits held at once to loss_chunk_size x vocab_size.
-    loss_chunk_size = 2048
+    loss_chunk_size = DEFAULT_CHUNK_SIZE
 
     def __init__(self, config):
         super().__init__(config)
@@ -600,13 +624,20 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
     ):
         r"""
         labels: token ids, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
+        shift_labels (keyword): targets already shifted (transformers' convention, used by context parallelism):
+            position t predicts shift_labels[t]. When given they are used as they are, and `labels` is not shifted
+            again. It is read from `kwargs`, as in transformers' own models: the Trainer treats every named forward
+            parameter containing "label" as a label column, and would then compute no eval loss without it.
         num_items_in_batch: when given (the Trainer does), the loss is sum / num_items_in_batch, so gradient
             accumulation over micro-batches is exact; otherwise the mean over non-ignored tokens.
-        return_logits: with labels, the loss is computed in chunks of `loss_chunk_size` positions without ever
-            holding the full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well
-            (the naive path). Without labels, logits are always returned.
+        return_logits: with labels, the loss is the fused linear cross-entropy (LM head, softcap and loss in
+            chunks of `loss_chunk_size` positions, gradients computed in the forward) without ever holding the
+            full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well (the naive
+            path). Without labels, logits are always returned.
         """
-        if labels is not None and use_cache is None:
+        shift_labels = kwargs.pop("shift_labels", None)
+        wants_loss = labels is not None or shift_labels is not None
+        if wants_loss and use_cache is None:
             use_cache = False
         outputs = self.model(
             input_ids=input_ids,
@@ -619,16 +650,18 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        return_logits = labels is None if return_logits is None else return_logits
+        return_logits = not wants_loss if return_logits is None else return_logits
 
         loss = logits = None
-        if return_logits:
+        if return_logits or (wants_loss and self.lm_head_is_distributed()):
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.compute_logits(hidden_states[:, keep, :])
-            if labels is not None:
-                loss = causal_lm_loss_from_logits(logits, labels, num_items_in_batch)
-        elif labels is not None:
-            loss = self.chunked_causal_lm_loss(hidden_states, labels, num_items_in_batch)
+            if wants_loss:
+                loss = causal_lm_loss_from_logits(logits, labels, num_items_in_batch, shift_labels)
+        elif wants_loss:
+            loss = fused_linear_cross_entropy(hidden_states, self.lm_head.weight, labels,
+                                              self.config.final_logit_softcapping, num_items_in_batch,
+                                              shift_labels, self.loss_chunk_size)
 
         return CausalLMOutputWithPast(
             loss=loss,
@@ -638,26 +671,10 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
-    def chunked_causal_lm_loss(self, hidden_states, labels, num_items_in_batch=None):
-        """Shifted cross-entropy over chunks of positions; each chunk's float32 logits are recomputed in backward.
-
-        Equal (exactly, in float32) to `causal_lm_loss_from_logits(self.compute_logits(hidden_states), labels)`
-        without materialising the full (B, S, V) float32 logits: memory is bounded by loss_chunk_size x vocab_size.
-        """
-        targets = shift_labels(labels).to(hidden_states.device).reshape(-1)  # (B*S,)
-        flat_hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B*S, H)
-        total = upcast(hidden_states.new_zeros(()))
-        for start in range(0, flat_hidden.shape[0], self.loss_chunk_size):
-            chunk = slice(start, start + self.loss_chunk_size)
-            if torch.is_grad_enabled():
-                total = total + checkpoint(self._loss_sum, flat_hidden[chunk], targets[chunk], use_reentrant=False)
-            else:
-                total = total + self._loss_sum(flat_hidden[chunk], targets[chunk])
-        return _normalise_loss(total, targets, num_items_in_batch)
-
-    def _loss_sum(self, hidden_chunk, target_chunk):
-        logits = self.compute_logits(hidden_chunk, for_loss=True)
-        return F.cross_entropy(logits, target_chunk, ignore_index=-100, reduction="sum")
+    def lm_head_is_distributed(self):
+        """Whether a tensor-parallel plan hooks the LM head: its weight is then one shard of the vocabulary, and
+        the loss needs the gathered logits the hooked head returns (the naive path)."""
+        return bool(self.lm_head._forward_hooks or self.lm_head._forward_pre_hooks)
 
     def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, per_layer_input_ids=None, **kwargs):
         # Everything else (the cache among it, under whichever name this transformers uses) passes through untouched.
@@ -678,27 +695,6 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
     def create_masks_for_generate(self, attention_mask=None, **kwargs):
         # The model builds its own masks from the 2-D padding mask, for every cache type.
         return attention_mask
-
-
-def shift_labels(labels):
-    """labels (B, S) -> targets (B, S): position t predicts labels[t + 1]; the last position predicts nothing."""
-    return F.pad(labels[:, 1:], (0, 1), value=-100)
-
-
-def _normalise_loss(loss_sum, targets, num_items_in_batch):
-    if num_items_in_batch is None:
-        return loss_sum / (targets != -100).sum().clamp(min=1)
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(loss_sum.device)
-    return loss_sum / num_items_in_batch
-
-
-def causal_lm_loss_from_logits(logits, labels, num_items_in_batch=None):
-    """The naive loss: float32 cross-entropy over all logits (B, S, V) at once."""
-    targets = shift_labels(labels).to(logits.device).reshape(-1)
-    loss_sum = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), targets, ignore_index=-100,
-                               reduction="sum")
-    return _normalise_loss(loss_sum, targets, num_items_in_batch)
 
 
 class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):

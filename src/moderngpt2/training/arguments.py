@@ -78,6 +78,10 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on at most this many blocks of the held-out split."}
     )
+    document_mask: bool = field(
+        default=False,
+        metadata={"help": "Documents packed into one block (each closed by EOS) do not attend to each other."},
+    )
 
 
 @dataclass
