@@ -10,6 +10,8 @@ import os
 import sys
 
 from .errors import UserError
+from .fileio import os_error_message
+from .training.launch import take_local_rank
 
 # subcommand -> (module, one-line description)
 SUBCOMMANDS = {
@@ -23,6 +25,7 @@ SUBCOMMANDS = {
     "info": ("moderngpt2.info", "parameter counts and config of a preset or checkpoint"),
     "convert-gemma2": ("moderngpt2.convert", "convert a transformers Gemma2 checkpoint to ModernGPT2"),
     "bench": ("moderngpt2.bench", "benchmarks: train, generate, pretokenize"),
+    "configs": ("moderngpt2.shipped_configs", "list the shipped DeepSpeed/Accelerate configs, or copy them out"),
 }
 
 
@@ -35,7 +38,8 @@ def usage() -> str:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # DeepSpeed's launcher writes --local_rank=N before the subcommand; the rank is in LOCAL_RANK too.
+    argv = take_local_rank(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
@@ -48,6 +52,12 @@ def main(argv=None) -> int:
         return module.main(rest) or 0
     except UserError as error:
         print(f"moderngpt2 {command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        message = os_error_message(error)
+        if message is None:
+            raise
+        print(f"moderngpt2 {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"moderngpt2 {command}: interrupted", file=sys.stderr)

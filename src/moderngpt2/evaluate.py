@@ -10,20 +10,21 @@ log-likelihood per predicted token over all blocks (token-weighted, not an avera
 """
 
 import argparse
-import json
 import math
 import os
 
 import torch
 from tqdm.auto import tqdm
 
+from .argparsing import CommandParser
 from .data.arguments import add_flag
 from .errors import UserError
+from .fileio import write_json
 from .training.inference import DTYPES, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
     add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
     add_flag(parser, "--input", nargs="+", required=True,
              help="a pretokenized directory or Megatron prefix, or text files/directories/`datasets` sources")
@@ -129,6 +130,5 @@ def main(argv=None) -> int:
     result = {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "tokens": tokens, "blocks": count}
     print(f"perplexity {result['perplexity']:.4f} (loss {loss:.4f} nats/token over {tokens} tokens in {count} blocks)")
     if args.output_json:
-        with open(args.output_json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+        write_json(args.output_json, result)
     return 0

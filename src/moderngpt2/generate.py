@@ -8,13 +8,14 @@ import sys
 
 import torch
 
+from .argparsing import CommandParser
 from .data.arguments import add_flag
 from .errors import UserError
 from .training.inference import DTYPES, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moderngpt2 generate", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderngpt2 generate", description=__doc__.splitlines()[0])
     add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
     add_flag(parser, "--prompt", nargs="+", required=True, help="one or more prompts, each continued in turn")
     add_flag(parser, "--max_new_tokens", type=int, default=100, help="tokens to generate per prompt (default 100)")

@@ -21,6 +21,7 @@ import tempfile
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from .argparsing import CommandParser
 from .data.arguments import add_flag, add_source_flags, source_specs
 from .data.sources import iter_texts
 from .errors import UserError
@@ -197,7 +198,7 @@ def save_tokenizer(tokenizer, output_path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 train-tokenizer",
         description="Train a byte-level BPE (default) or unigram tokenizer that AutoTokenizer loads. Without "
                     "--input it streams multilingual C4 (en ja ko zh).")

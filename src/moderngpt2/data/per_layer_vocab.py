@@ -24,7 +24,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..argparsing import CommandParser
 from ..errors import UserError
+from ..fileio import make_directory, write_json
 from ..jsonfile import read_json_object
 from ..tokenization import load_tokenizer, tokenizer_fingerprint
 from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
@@ -77,11 +79,8 @@ def load_per_layer_vocab(path: str) -> PerLayerVocab:
 
 def save_per_layer_vocab(path: str, vocab: PerLayerVocab) -> None:
     data = {"format": VOCAB_FORMAT, "version": 1, **asdict(vocab)}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    make_directory(os.path.dirname(os.path.abspath(path)), "--output")
+    write_json(path, data, indent=None, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -169,9 +168,7 @@ def write_per_layer_stream(main_path: str, manifest: dict, vocab: PerLayerVocab,
               "main_tokenizer_fingerprint": manifest["tokenizer_fingerprint"],
               "per_layer_vocab_size": vocab.per_layer_vocab_size, "strategy": vocab.strategy,
               "token_map_sha256": hashlib.sha256(table.astype("<i4").tobytes()).hexdigest(), "splits": splits}
-    with open(os.path.join(out_dir, MANIFEST + ".tmp"), "w", encoding="utf-8") as f:
-        json.dump(stream, f, indent=2, sort_keys=True)
-    os.replace(os.path.join(out_dir, MANIFEST + ".tmp"), os.path.join(out_dir, MANIFEST))
+    write_json(os.path.join(out_dir, MANIFEST), stream, sort_keys=True)
     return stream
 
 
@@ -199,7 +196,7 @@ def _map_megatron(prefix: str, out_prefix: str, table, dtype, bar) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 per-layer-vocab",
         description="Choose a per-layer vocabulary from corpus statistics (strategies: "
                     f"{', '.join(STRATEGIES)}) and write it as JSON; optionally write explicit per-layer "

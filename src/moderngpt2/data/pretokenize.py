@@ -26,7 +26,9 @@ from collections import Counter
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..argparsing import CommandParser
 from ..errors import UserError
+from ..fileio import make_directory, write_json
 from ..tokenization import load_tokenizer, tokenizer_fingerprint
 from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
 from .blocks import ParquetSplitWriter
@@ -39,7 +41,7 @@ DEFAULT_VALIDATION_PERCENTAGE = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 pretokenize",
         description="Tokenize text into fixed-length blocks: Parquet shards (default) or Megatron .bin/.idx, "
                     "with a held-out validation split and a manifest. Resumable: run it again after a crash.")
@@ -88,13 +90,6 @@ class SplitRouter:
 
 
 # ----------------------------------------------------------------------------------------------- files
-
-
-def _write_json_atomically(path: str, data: dict) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
 
 
 def _read_json(path: str) -> dict | None:
@@ -309,7 +304,7 @@ class Run:
             "skipped_records": self.skipped, "overlap_dropped_documents": self.overlap_dropped,
             "splits": splits,
         }
-        _write_json_atomically(os.path.join(self.out, MANIFEST), manifest)
+        write_json(os.path.join(self.out, MANIFEST), manifest, sort_keys=True)
         for writer in self.writers.values():
             writer.after_checkpoint()
             writer.close()
@@ -342,9 +337,7 @@ def pretokenize(args) -> dict:
     settings = _settings(args, fingerprint, percentage)
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     out = args.output_path
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--output_path {out} is a file, not a directory")
-    os.makedirs(out, exist_ok=True)
+    make_directory(out, "--output_path")
     if args.overwrite:
         remove_outputs(out)
     manifest = _read_json(os.path.join(out, MANIFEST))
