@@ -10,7 +10,7 @@ import os
 import sys
 
 from .errors import UserError
-from .fileio import os_error_message
+from .fileio import filesystem_fault
 from .training.launch import take_local_rank
 
 # subcommand -> (module, one-line description)
@@ -53,8 +53,8 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"moderngpt2 {command}: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
-        message = os_error_message(error)
+    except Exception as error:  # a full or read-only disk, whichever writer met it
+        message = filesystem_fault(error)
         if message is None:
             raise
         print(f"moderngpt2 {command}: error: {message}", file=sys.stderr)

@@ -14,6 +14,8 @@ import contextlib
 import errno
 import json
 import os
+import shutil
+import re
 import struct
 import tempfile
 
@@ -21,18 +23,18 @@ from .errors import UserError
 
 NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+LOW_SPACE_BYTES = 1 << 20
 
 
 def _directory_of(path: str) -> str:
     """The directory a fault at ``path`` is about: the path itself when it is one, else its parent."""
-    path = os.path.abspath(path)
+    path = _existing_parent(path)
     return path if os.path.isdir(path) else os.path.dirname(path)
 
 
 def os_error_message(error: OSError, path: str | None = None) -> str | None:
     """One line for a filesystem fault a user can fix, or None for any other OSError."""
-    path = path or error.filename or "."
-    path = os.fspath(path)
+    path = os.fspath(path or error.filename or ".")
     if error.errno in NO_SPACE:
         return f"no space left on {_directory_of(path)}: free some space or write somewhere else"
     if error.errno in READ_ONLY:
@@ -48,18 +50,48 @@ def os_error_message(error: OSError, path: str | None = None) -> str | None:
     return None
 
 
-def user_error_from(error: OSError, path: str | None = None) -> UserError | OSError:
+def filesystem_fault(error: BaseException, path: str | None = None) -> str | None:
+    """`os_error_message` for any exception a writer raised while writing under `path`.
+
+    Writers in Rust and C++ do not raise OSError: safetensors says "... (os error 28)" in a SafetensorError,
+    and torch.save only "unexpected pos ..." in a RuntimeError. The errno in the text is used when there is
+    one; otherwise a filesystem left with (almost) no free space is what failed the write.
+    """
+    if isinstance(error, OSError):
+        return os_error_message(error, path)
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if found:
+        return os_error_message(OSError(int(found.group(1)), str(error)), path)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(_existing_parent(path)).free < LOW_SPACE_BYTES:
+                return os_error_message(OSError(errno.ENOSPC, "no space"), path)
+    return None
+
+
+def _existing_parent(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def user_error_from(error: BaseException, path: str | None = None) -> BaseException:
     """The UserError for a fault a user can fix, else the original error (a bug or a hardware fault)."""
-    message = os_error_message(error, path)
+    message = filesystem_fault(error, path)
     return UserError(message) if message else error
 
 
 def make_directory(path: str, flag: str) -> None:
-    """``os.makedirs(path)`` with a one-line error naming ``flag`` when ``path`` is a file."""
+    """``os.makedirs(path)``, then a probe that it takes files: a file in the way, a read-only or full
+    filesystem is a one-line error naming ``flag`` before any work is done."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path} is a file, not a directory: choose another path")
     try:
         os.makedirs(path, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        os.close(descriptor)
+        os.remove(probe)
     except OSError as error:
         raise user_error_from(error, path) from None
 
@@ -87,6 +119,20 @@ def atomic_write(path: str, mode: str = "w"):
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def replace_directory(staging: str, final: str) -> None:
+    """Put a fully written directory under its final name; an earlier one there is removed only afterwards."""
+    previous = final + ".previous"
+    try:
+        if os.path.exists(previous):
+            shutil.rmtree(previous)
+        if os.path.exists(final):
+            os.replace(final, previous)
+        os.replace(staging, final)
+        shutil.rmtree(previous, ignore_errors=True)
+    except OSError as error:
+        raise user_error_from(error, final) from None
 
 
 def _remove_quietly(path: str) -> None:

@@ -39,6 +39,7 @@ from .per_layer_strategies import RESERVED, STRATEGIES, CorpusStats, classify_su
 from .sources import iter_chunks, resolve_sources
 
 VOCAB_FORMAT = "moderngpt2-per-layer-vocab"
+DEFAULT_SIZE = 10000
 
 
 @dataclass
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--pre_tokenized_dataset_path", default=None,
              help="pretokenized data (from `moderngpt2 pretokenize`): the corpus when --input is not given, "
                   "and the data that --per-layer-output-prefix is aligned with")
-    add_flag(parser, "--per-layer-vocab-size", type=int, default=10000, help="per-layer vocabulary V_p (10000)")
+    add_flag(parser, "--per-layer-vocab-size", type=int, default=None,
+             help=f"per-layer vocabulary V_p (default {DEFAULT_SIZE}, at most what the main vocabulary can fill)")
     add_flag(parser, "--per-layer-strategy", choices=STRATEGIES, default="syntax_focus",
              help="how main ids are chosen (default: syntax_focus; see docs/data.md for the definitions)")
     add_flag(parser, "--output", default=None, help="where to write per_layer_vocab.json (required)")
@@ -220,11 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_per_layer_vocab(args, tokenizer, manifest: dict | None) -> PerLayerVocab:
-    size = args.per_layer_vocab_size
-    minimum = 1 if args.per_layer_strategy == "identity" else len(RESERVED) + 1
+    identity = args.per_layer_strategy == "identity"
+    minimum = 1 if identity else len(RESERVED) + 1
+    usable = len(tokenizer) + (0 if identity else len(RESERVED))  # rows past this would never be used
+    size = args.per_layer_vocab_size if args.per_layer_vocab_size is not None else min(DEFAULT_SIZE, usable)
     if size < minimum:
         raise UserError(f"--per-layer-vocab-size must be at least {minimum} for {args.per_layer_strategy} "
                         f"(ids 0-4 are reserved), got {size}")
+    if size > usable:
+        raise UserError(f"--per-layer-vocab-size {size} is above what the tokenizer's {len(tokenizer)} tokens can "
+                        f"fill ({usable} with {args.per_layer_strategy}); choose at most {usable}")
     surfaces = token_surfaces(tokenizer)
     classes = classify_surfaces(surfaces)
     stats = CorpusStats(len(tokenizer), classes.sentence_end)

@@ -82,6 +82,11 @@ class DataArguments:
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on at most this many blocks of the held-out split."}
     )
+    verify_data: bool = field(
+        default=False,
+        metadata={"help": "Decode every block before training starts (damaged shards, foreign token ids); without "
+                          "it each block is checked when it is read."},
+    )
 
 
 @dataclass

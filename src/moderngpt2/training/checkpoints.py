@@ -78,6 +78,19 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def discard_incomplete_checkpoints(output_dir: str) -> list[str]:
+    """Remove the checkpoints newer than the newest complete one (what a failed save left); return them."""
+    import shutil
+
+    complete = last_complete_checkpoint(output_dir)
+    checkpoints = list_checkpoints(output_dir)
+    newer = checkpoints[checkpoints.index(complete) + 1:] if complete else checkpoints
+    broken = [path for path in newer if checkpoint_problem(path) is not None]
+    for path in broken:
+        shutil.rmtree(path, ignore_errors=True)
+    return broken
+
+
 def resolve_resume(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
     """The checkpoint to resume from, or None for a fresh run.
 
