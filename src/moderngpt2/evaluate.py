@@ -126,6 +126,9 @@ def main(argv=None) -> int:
     total, tokens, count = negative_log_likelihood(model, batched(blocks, args.batch_size, args.max_blocks))
     if tokens == 0:
         raise UserError(f"{' '.join(args.input)}: no text to evaluate on")
+    if count == 1 and tokens + 1 < block_size and not is_pretokenized(args.input):
+        raise UserError(f"{' '.join(args.input)}: {tokens + 1} tokens, less than one block of {block_size}; give more "
+                        "text or a smaller --block_size")
     loss = total / tokens
     result = {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "tokens": tokens, "blocks": count}
     print(f"perplexity {result['perplexity']:.4f} (loss {loss:.4f} nats/token over {tokens} tokens in {count} blocks)")

@@ -71,6 +71,11 @@ def main(argv=None) -> int:
         if not prompt:
             raise UserError(f"--prompt #{index + 1} is empty")
         encoded = tokenizer(prompt, return_tensors="pt")
+        length = encoded["input_ids"].shape[1] + args.max_new_tokens
+        if length > model.config.n_positions:
+            raise UserError(f"--prompt #{index + 1} ({encoded['input_ids'].shape[1]} tokens) + --max_new_tokens "
+                            f"{args.max_new_tokens} exceeds the model's context of {model.config.n_positions} "
+                            "tokens: lower --max_new_tokens or shorten the prompt")
         with torch.no_grad():
             model.generate(input_ids=encoded["input_ids"].to(model.device),
                            attention_mask=encoded["attention_mask"].to(model.device), streamer=streamer, **settings)

@@ -113,6 +113,13 @@ def load_tokenizer(tokenizer_path=None, vocab_file=None, merge_file=None):
     return tokenizer
 
 
+def tokenizer_from_args(args):
+    """The tokenizer named by the data commands' flags (see ``data.arguments.add_tokenizer_flags``)."""
+    if args.tokenizer_type and not (args.vocab_file and args.merge_file):
+        raise UserError(f"--tokenizer-type {args.tokenizer_type} reads --vocab-file and --merge-file: give both")
+    return load_tokenizer(args.tokenizer_path, args.vocab_file, args.merge_file)
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """A stable hash of what decides token ids: vocabulary, merges, added tokens, pre-tokenizer, specials."""
     backend = json.loads(tokenizer.backend_tokenizer.to_str())

@@ -28,7 +28,7 @@ from ..argparsing import CommandParser
 from ..errors import UserError
 from ..fileio import make_directory, write_json
 from ..jsonfile import read_json_object
-from ..tokenization import load_tokenizer, tokenizer_fingerprint
+from ..tokenization import tokenizer_fingerprint, tokenizer_from_args
 from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
 from .blocks import iter_shard_blocks, write_shard_groups
 from .encode import EncoderSettings, encode_in_order
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.output:
         parser.error("--output (or --per-layer-vocab-file) is required")
-    tokenizer = load_tokenizer(args.tokenizer_path, args.vocab_file, args.merge_file)
+    tokenizer = tokenizer_from_args(args)
     manifest = None
     if args.pre_tokenized_dataset_path:
         manifest = read_manifest(args.pre_tokenized_dataset_path)

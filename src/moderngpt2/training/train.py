@@ -10,6 +10,7 @@ OUTPUT/loss_curve.png plots the train and eval loss.
     moderngpt2 train run.yaml --max_steps 100      # arguments from a file, flags override it
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -190,6 +191,10 @@ def finish(trainer, data, output_dir: str):
         raise user_error_from(error, staging) from None
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
+        # The Trainer pickles its arguments next to the weights; nothing reads them, and a model directory
+        # should hold no pickle (loading one runs code).
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(staging, "training_args.bin"))
         replace_directory(staging, final_dir)
         logger.info("final model and tokenizer saved to %s", final_dir)
         if any("loss" in entry for entry in trainer.state.log_history):
