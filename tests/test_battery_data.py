@@ -192,7 +192,7 @@ def test_an_unknown_strategy(battery_assets, tmp_path):
 
 def test_a_small_corpus_warns_about_its_empty_validation_split(battery_assets, tmp_path):
     few = _write(tmp_path / "few.jsonl", "".join(json.dumps({"text": f"document {i} is short."}) + "\n"
-                                                 for i in range(40)))
+                                                 for i in range(12)))
     result = pretokenize(battery_assets, [few], tmp_path / "out")
     assert result.returncode == 0, result.stderr[-2000:]
     warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
