@@ -251,8 +251,10 @@ def main(argv: list[str]) -> int:
     try:
         trainer.train(resume_from_checkpoint=resume)
     except DataFault as error:
+        # From a DataLoader worker the message arrives wrapped in the worker's traceback; its last line is ours.
+        message = str(error).strip().splitlines()[-1].split("DataFault: ", 1)[-1]
         last = last_complete_checkpoint(training_args.output_dir)
-        raise UserError(f"{error} (last good checkpoint: {last or 'none yet'})") from None
+        raise UserError(f"{message} (last good checkpoint: {last or 'none yet'})") from None
     except NonFiniteLossError as error:
         last = last_complete_checkpoint(training_args.output_dir)
         advice = (f"Last good checkpoint: {last}. Lower --learning_rate or check the data, then resume with "
