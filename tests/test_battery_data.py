@@ -258,20 +258,23 @@ def test_a_shard_damaged_inside_is_found_by_verify_data(battery_assets, tmp_path
 
 
 def test_a_shard_damaged_inside_stops_the_run_and_keeps_its_checkpoints(battery_assets, tmp_path):
-    """The damaged shard is the second of two: the run trains on the first, checkpoints, then meets it."""
+    """The damaged shard is the second of two, cut where the run's shuffled order reaches it only after two
+    steps: the run trains, checkpoints, then meets the damage."""
+    from moderngpt2.data.blocks import write_shard
+    from moderngpt2.training.trainer import EpochShuffleSampler
+
     data = _copy_data(battery_assets, tmp_path)
     manifest = json.loads((data / "manifest.json").read_text())
     blocks = pq.read_table(data / "train" / "shard-00000.parquet").column(0).to_pylist()
-    from moderngpt2.data.blocks import write_shard
-
-    half = len(blocks) // 2
-    write_shard(str(data / "train" / "shard-00000.parquet"), np.asarray(blocks[:half], dtype=np.int32))
-    write_shard(str(data / "train" / "shard-00001.parquet"), np.asarray(blocks[half:], dtype=np.int32))
+    order = list(EpochShuffleSampler(len(blocks), seed=0))
+    cut = max(order[:8]) + 1  # the first two batches of 4 come from the first shard
+    assert cut < len(blocks)
+    write_shard(str(data / "train" / "shard-00000.parquet"), np.asarray(blocks[:cut], dtype=np.int32))
+    write_shard(str(data / "train" / "shard-00001.parquet"), np.asarray(blocks[cut:], dtype=np.int32))
     manifest["splits"]["train"]["shards"] = ["train/shard-00000.parquet", "train/shard-00001.parquet"]
     (data / "manifest.json").write_text(json.dumps(manifest))
     _damage_inside(data / "train" / "shard-00001.parquet")
     out = tmp_path / "out"
-    # batch 4 x 300 steps covers both shards in the sampler's first permutation
     result = _train(battery_assets, data, out, "--max_steps", "300", "--save_strategy", "steps", "--save_steps", "1",
                     "--save_total_limit", "1")
     line = error_line(result, "shard-00001.parquet", "last good checkpoint")

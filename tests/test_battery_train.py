@@ -161,13 +161,13 @@ def test_a_non_finite_loss_without_a_checkpoint_does_not_advise_resuming(flags):
 def test_a_yaml_config_with_an_unknown_key(flags, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("max_steps: 2\nlearning_rat: 0.001\n")
-    error_line(train(*flags, config), "run.yaml", "learning_rat", "did you mean learning_rate")
+    error_line(train(*flags, config), "run.yaml", "learning_rat", "did you mean --learning_rate")
 
 
 def test_a_config_file_anywhere_on_the_line(flags, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("max_steps: 7\nlearning_rate: 0.001\n")
-    _, _, _, training = parse_arguments([*flags[:4], str(config), *flags[4:]])
+    _, _, _, training = parse_arguments([*map(str, flags[:4]), str(config), *map(str, flags[4:])])
     assert (training.max_steps, training.learning_rate) == (2, 0.001)  # the flag wins over the file
 
 
@@ -205,7 +205,7 @@ def test_deepspeed_with_a_missing_file(flags, tmp_path):
 def test_the_earlier_deepspeed_spellings_and_shipped_names(flags, tmp_path, monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
-    _, _, _, training = parse_arguments([*flags, "--deepspeed", "--deepspeed_config", "zero1"])
+    _, _, _, training = parse_arguments([*map(str, flags), "--deepspeed", "--deepspeed_config", "zero1"])
     assert training.deepspeed.endswith(os.path.join("configs", "ds_config_zero1.json"))
     assert training.hf_deepspeed_config.config["zero_optimization"]["stage"] == 1
     assert os.environ["WORLD_SIZE"] == "1" and os.environ["RANK"] == "0"  # one process is rank 0 of 1
@@ -223,7 +223,7 @@ def test_local_rank_before_the_subcommand(flags, tmp_path):
 
 
 def test_megatron_batch_sizes(flags):
-    _, _, _, training = parse_arguments([*flags, "--micro-batch-size", "2", "--global-batch-size", "8"])
+    _, _, _, training = parse_arguments([*map(str, flags), "--micro-batch-size", "2", "--global-batch-size", "8"])
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (2, 4)
     error_line(train(*flags, "--micro-batch-size", "4", "--global-batch-size", "6"), "--global-batch-size 6",
                "multiple of 4")
@@ -231,7 +231,8 @@ def test_megatron_batch_sizes(flags):
 
 def test_shipped_configs_are_listed_and_copied_out(tmp_path):
     listed = run_cli("configs")
-    assert listed.returncode == 0 and "ds_config_zero2.json" in listed.stdout and "train --deepspeed zero2" in listed.stdout
+    assert listed.returncode == 0 and "ds_config_zero2.json" in listed.stdout
+    assert "train --deepspeed zero2" in listed.stdout
     copied = run_cli("configs", "--copy", tmp_path / "configs")
     assert copied.returncode == 0, copied.stderr
     assert json.loads((tmp_path / "configs" / "ds_config_zero3.json").read_text())["zero_optimization"]["stage"] == 3

@@ -34,11 +34,13 @@ def _directory_of(path: str) -> str:
 
 def os_error_message(error: OSError, path: str | None = None) -> str | None:
     """One line for a filesystem fault a user can fix, or None for any other OSError."""
-    path = os.fspath(path or error.filename or ".")
+    path = path or error.filename
+    place = _directory_of(os.fspath(path)) if path else "the output location"
+    path = os.fspath(path) if path else place
     if error.errno in NO_SPACE:
-        return f"no space left on {_directory_of(path)}: free some space or write somewhere else"
+        return f"no space left on {place}: free some space or write somewhere else"
     if error.errno in READ_ONLY:
-        return f"{_directory_of(path)} is read-only: choose a writable output location"
+        return f"{place} is read-only: choose a writable output location"
     if error.errno == errno.ENOTDIR:
         return f"{path}: part of this path is a file, not a directory: choose another output path"
     if error.errno == errno.EEXIST:
@@ -59,9 +61,9 @@ def filesystem_fault(error: BaseException, path: str | None = None) -> str | Non
     """
     if isinstance(error, OSError):
         return os_error_message(error, path)
-    found = re.search(r"\(os error (\d+)\)", str(error))
+    found = re.search(r"\(os error (\d+)\)|\[Errno (\d+)\]", str(error))
     if found:
-        return os_error_message(OSError(int(found.group(1)), str(error)), path)
+        return os_error_message(OSError(int(found.group(1) or found.group(2)), str(error)), path)
     if path is not None:
         with contextlib.suppress(OSError):
             if shutil.disk_usage(_existing_parent(path)).free < LOW_SPACE_BYTES:

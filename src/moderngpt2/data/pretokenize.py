@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..argparsing import CommandParser
 from ..errors import UserError
-from ..fileio import make_directory, write_json
+from ..fileio import make_directory, user_error_from, write_json
 from ..tokenization import tokenizer_fingerprint, tokenizer_from_args
 from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
 from .blocks import ParquetSplitWriter
@@ -364,20 +364,27 @@ def pretokenize(args) -> dict:
     encoder = EncoderSettings.for_tokenizer(tokenizer, text_field=args.text_field, on_bad_record=args.on_bad_record,
                                             seed=args.seed)
     try:
-        run.restore(progress)
-        if progress is not None:
-            print(f"resuming the unfinished run in {out}", file=sys.stderr)
-        sources = [s for _, phase_sources, _ in run.phases for s in phase_sources]
-        with tqdm(total=_input_size(sources), initial=run.input_bytes, unit="B", unit_scale=True,
-                  desc="pretokenize", disable=args.no_progress) as bar:
-            run.read_all(encoder, bar)
-        if run.writers["train"].documents == 0:
-            raise UserError(f"no documents in {' '.join(source_specs(args))}: nothing to pretokenize — check the "
-                            "files and --text_field")
-        manifest = run.finish()
-    finally:
-        run.close()
-    return manifest
+        try:
+            run.restore(progress)
+            if progress is not None:
+                print(f"resuming the unfinished run in {out}", file=sys.stderr)
+            sources = [s for _, phase_sources, _ in run.phases for s in phase_sources]
+            with tqdm(total=_input_size(sources), initial=run.input_bytes, unit="B", unit_scale=True,
+                      desc="pretokenize", disable=args.no_progress) as bar:
+                run.read_all(encoder, bar)
+            if run.writers["train"].documents == 0:
+                raise UserError(f"no documents in {' '.join(source_specs(args))}: nothing to pretokenize — check "
+                                "the files and --text_field")
+            return run.finish()
+        finally:
+            run.close()
+    except UserError:
+        raise
+    except Exception as error:  # a full or read-only disk under OUT, whichever writer (Python, Arrow) met it
+        problem = user_error_from(error, out)
+        if problem is error:
+            raise
+        raise UserError(f"{problem} — the last checkpoint is kept: run the same command again to continue") from None
 
 
 def summary_lines(manifest: dict) -> list[str]:

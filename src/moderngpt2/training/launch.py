@@ -1,8 +1,9 @@
 """What launchers put on our command line and in our environment, and what one process needs without them.
 
 - DeepSpeed's launcher (`deepspeed $(which moderngpt2) train ...`) adds `--local_rank=N` as the first
-  argument, before the subcommand; torch.distributed.launch adds it too. The rank is in the environment
-  (LOCAL_RANK) as well, so the flag is taken off the line wherever it stands.
+  argument, before the subcommand; torch.distributed.launch adds it too. Both also set LOCAL_RANK (with
+  RANK, WORLD_SIZE and the rendezvous address), which is what the Trainer reads, so the flag is taken off
+  the line wherever it stands.
 - A DeepSpeed run in one process without a launcher has no rendezvous variables, and DeepSpeed then looks
   for MPI to discover its rank (and fails without mpi4py). One process is rank 0 of 1: say so.
 """
@@ -15,18 +16,14 @@ RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MAST
 
 
 def take_local_rank(argv: list[str]) -> list[str]:
-    """`argv` without `--local_rank N` / `--local_rank=N`; the rank goes to LOCAL_RANK if that is unset."""
+    """`argv` without `--local_rank N` / `--local_rank=N` (the launcher's environment holds the rank)."""
     remaining, index = [], 0
     while index < len(argv):
-        item = argv[index]
-        name, equals, value = item.partition("=")
+        name, equals, _ = argv[index].partition("=")
         if name in LOCAL_RANK_FLAGS:
-            if not equals and index + 1 < len(argv):
-                value = argv[index + 1]
-                index += 1
-            os.environ.setdefault("LOCAL_RANK", value)
-        else:
-            remaining.append(item)
+            index += 1 if equals else 2
+            continue
+        remaining.append(argv[index])
         index += 1
     return remaining
 

@@ -32,6 +32,7 @@ from .callbacks import (
 )
 from .checkpoints import discard_incomplete_checkpoints, last_complete_checkpoint, resolve_resume
 from .data import collate_blocks, load_training_data
+from .inference import check_model_directory
 from .model_setup import build_config, check_block_size, check_parallel_sizes, load_model, per_layer_token_map
 from .plots import plot_loss_curves
 from .trainer import NonFiniteLossError, PretrainingTrainer
@@ -127,6 +128,8 @@ def model_config(model_args, per_layer_args, tokenizer, block_size, per_layer_vo
     """A fresh config, or the checkpoint's (whose shape the flags cannot change)."""
     if model_args.model_name_or_path is None:
         return build_config(model_args, per_layer_args, tokenizer, block_size, per_layer_vocab)
+    if os.path.isdir(model_args.model_name_or_path):
+        check_model_directory(model_args.model_name_or_path)
     try:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     except (OSError, ValueError) as error:
@@ -184,6 +187,9 @@ def finish(trainer, data, output_dir: str):
     trainer.save_state()  # OUTPUT/trainer_state.json: the whole log history, final evaluation included
     final_dir = os.path.join(output_dir, "final")
     staging = final_dir + ".partial"  # a full disk or a kill mid-save leaves no half-written final/
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # what an earlier, killed save left
+    trainer.accelerator.wait_for_everyone()
     try:
         trainer.save_model(staging)
     except Exception as error:  # see interrupted_save: writers raise all kinds for a full disk
