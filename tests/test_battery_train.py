@@ -202,13 +202,24 @@ def test_deepspeed_with_a_missing_file(flags, tmp_path):
     error_line(train(*flags, "--deepspeed"), "--deepspeed", "--deepspeed_config")
 
 
-def test_the_earlier_deepspeed_spellings_and_shipped_names(flags, tmp_path, monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    _, _, _, training = parse_arguments([*map(str, flags), "--deepspeed", "--deepspeed_config", "zero1"])
-    assert training.deepspeed.endswith(os.path.join("configs", "ds_config_zero1.json"))
-    assert training.hf_deepspeed_config.config["zero_optimization"]["stage"] == 1
-    assert os.environ["WORLD_SIZE"] == "1" and os.environ["RANK"] == "0"  # one process is rank 0 of 1
+def test_the_earlier_deepspeed_spellings_and_shipped_names(flags):
+    """`--deepspeed --deepspeed_config zero1` parses to the shipped ZeRO-1 file, and one process without a
+    launcher becomes rank 0 of 1 (in a subprocess: DeepSpeed starts torch.distributed while parsing)."""
+    import subprocess
+
+    from train_assets import cli_env
+
+    script = ("import os, sys\nfrom moderngpt2.training.arguments import parse_arguments\n"
+              "training = parse_arguments(sys.argv[1:])[3]\n"
+              "print(training.deepspeed, training.hf_deepspeed_config.config['zero_optimization']['stage'], "
+              "os.environ['RANK'], os.environ['WORLD_SIZE'])")
+    env = {key: value for key, value in cli_env().items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
+                                                                          "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-c", script, *map(str, flags), "--deepspeed", "--deepspeed_config",
+                           "zero1"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    path, stage, rank, world = done.stdout.split()[-4:]
+    assert path.endswith(os.path.join("configs", "ds_config_zero1.json")) and (stage, rank, world) == ("1", "0", "1")
 
 
 def test_tensor_parallel_without_a_launcher(flags):
