@@ -129,3 +129,20 @@ def test_bad_settings_are_one_line_errors(capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("moderngpt2 bench: error:")]
     assert len(errors) == 4
     assert "--batch" in errors[0] and "gpt5" in errors[1] and "softcapping" in errors[2] and "nonsense" in errors[3]
+
+
+def test_a_run_stopped_midway_leaves_the_finished_models_in_the_json(tmp_path, monkeypatch):
+    """What a time limit leaves: the JSON is rewritten after every model, so the models done before survive."""
+    from moderngpt2.bench import train as bench_train
+
+    def stopped(configs, args):
+        raise KeyboardInterrupt  # what a time limit's signal looks like to the remaining work
+
+    monkeypatch.setitem(bench_train.BENCHES, "llama-sdpa", stopped)
+    out = tmp_path / "train.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench_main(["train", *TINY, "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "1",
+                    "--models", "ours,llama-sdpa", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert list(report["models"]) == ["ours"] and positive(report["models"]["ours"]["tokens_per_s"])
+    assert report["summary"]["ours_over_llama_sdpa"] is None

@@ -159,7 +159,8 @@ def test_embeddings_are_scaled_by_sqrt_hidden_in_the_activation_dtype():
     ids = torch.tensor([[3, 5]])
     out = model(ids, output_hidden_states=True).hidden_states[0]
     # sqrt(768) = 27.71 rounds to 27.75 in bfloat16; Gemma2 multiplies by the rounded normaliser
-    torch.testing.assert_close(out, model.embed_tokens(ids) * torch.tensor(27.75, dtype=torch.bfloat16), atol=0, rtol=0)
+    raw = F.embedding(ids, model.embed_tokens.weight)
+    torch.testing.assert_close(out, raw * torch.tensor(27.75, dtype=torch.bfloat16), atol=0, rtol=0)
 
 
 def test_state_dict_of_gemma2_loads_one_to_one_and_gives_equal_logits():
@@ -312,8 +313,9 @@ def test_both_classification_heads_score_the_same_hidden_states():
 
 
 def test_modeling_code_is_self_contained():
-    allowed_roots = {"math", "functools", "importlib", "torch", "transformers", "flash_attn"}  # flash_attn: optional
-    for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py"):
+    allowed_roots = {"dataclasses", "math", "functools", "importlib", "torch", "transformers", "flash_attn"}  # flash_attn: optional
+    for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
+                 "loss_moderngpt2.py", "softcap_moderngpt2.py"):
         tree = ast.parse((pathlib.Path(moderngpt2.__file__).parent / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -321,11 +323,12 @@ def test_modeling_code_is_self_contained():
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 assert node.module.split(".")[0] in allowed_roots, (name, node.module)
             elif isinstance(node, ast.ImportFrom):
-                assert node.module in ("configuration_moderngpt2", "attention_moderngpt2"), (name, node.module)
+                assert node.module in ("configuration_moderngpt2", "attention_moderngpt2", "loss_moderngpt2",
+                                       "softcap_moderngpt2"), (name, node.module)
 
 
 def test_checkpoint_with_remote_code_loads_through_trust_remote_code(tmp_path):
-    """save_pretrained copies the three model files next to the weights; transformers loads them from there."""
+    """save_pretrained copies the model files next to the weights; transformers loads them from there."""
     config = tiny_config(attn_logit_softcapping=30.0, use_per_layer_embedding=True, per_layer_vocab_size=40,
                          per_layer_hidden_size=8)
     # importing the package registers both for remote code; checked here because the export depends on it
@@ -333,7 +336,8 @@ def test_checkpoint_with_remote_code_loads_through_trust_remote_code(tmp_path):
     assert ModernGPT2ForCausalLM._auto_class == "AutoModelForCausalLM"
     model = ModernGPT2ForCausalLM(config).eval()
     model.save_pretrained(tmp_path)
-    for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py"):
+    for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
+                 "loss_moderngpt2.py", "softcap_moderngpt2.py"):
         assert (tmp_path / name).is_file(), name
     assert AutoConfig.from_pretrained(tmp_path).auto_map["AutoModelForCausalLM"].startswith("modeling_moderngpt2.")
     # In this process the installed package is registered for the model type, so load the copied class directly.

@@ -12,14 +12,16 @@ arguments, never hidden state. A backend that cannot honour one of them raises i
 - `sdpa`: `torch.nn.functional.scaled_dot_product_attention`. No softcapping (the fused kernels have no hook for
   it). The sliding window is honoured through an explicit boolean mask, which leaves the flash kernel for the
   memory-efficient one; plain causal inputs keep `is_causal=True` and the flash/cuDNN kernels.
-- `flex_attention`: `torch.nn.attention.flex_attention` with a score_mod `c * tanh(s / c)` and a block mask for
-  causal/window/padding; compiled on CUDA. On the CPU, torch runs it uncompiled for inference only (it has no
+- `flex_attention`: `torch.nn.attention.flex_attention` with a score_mod `c * tanh(s / c)` (on CUDA the tanh is
+  the hardware approximation, `softcap_moderngpt2`) and a block mask for causal/window/padding/documents;
+  compiled on CUDA. On the CPU, torch runs it uncompiled for inference only (it has no
   backward there), so CPU training with softcapping uses `eager`.
 - `flash_attention_2`: the `flash_attn` package when installed (softcap and window native); unpadded inputs only.
 
 Which backend runs is decided per forward by `select_attention_backend` (device, query length, cache, training).
 
-This module imports only torch, so it can travel next to a checkpoint with the modeling file.
+This module imports only torch and its sibling softcap module, so it can travel next to a checkpoint with the
+modeling file.
 """
 
 import functools
@@ -28,30 +30,33 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 
+from .softcap_moderngpt2 import softcap_tanh_function
+
 
 class AttentionMask:
     """Which keys each query may see, described by cache slots instead of a dense tensor.
 
-    A query at slot q sees a key at slot k when k <= q, q - k < sliding_window (for windowed layers) and the key is
-    not padding. A padded query still sees itself, so no row is ever fully masked (which would make softmax NaN);
-    its output is never read. Each backend turns this description into the form it runs fastest with (nothing, a
+    A query at slot q sees a key at slot k when k <= q, q - k < sliding_window (for windowed layers), the key is
+    not padding and, with `document_ids`, both belong to the same document of a packed sequence. A padded query
+    still sees itself, so no row is ever fully masked (which would make softmax NaN); its output is never read. Each backend turns this description into the form it runs fastest with (nothing, a
     boolean tensor, a flex BlockMask), built once per forward and shared by the layers of one attention type.
     """
 
     def __init__(self, query_slots, key_slots, key_valid=None, aligned=False, keys_end_at_queries=False,
-                 slot_starts=None):
+                 slot_starts=None, document_ids=None):
         self.query_slots = query_slots  # (Q,) cache slot of each query
         self.key_slots = key_slots  # (K,) cache slot of each key
         self.key_valid = key_valid  # (B, K) bool, False on padding; None when nothing is padded
         self.aligned = aligned  # queries and keys are the same slots (no cache content before them)
         self.keys_end_at_queries = keys_end_at_queries  # keys are contiguous and end at the last query
         self.slot_starts = slot_starts  # (first query slot, first key slot) as ints, when known without a sync
+        self.document_ids = document_ids  # (B, Q) document of each position when queries and keys are aligned
         self._built = {}
 
     def is_plain_causal(self, sliding_window):
         """True when `is_causal=True` of the fused kernels describes this mask exactly."""
         window_is_moot = sliding_window is None or sliding_window >= len(self.query_slots)
-        return self.key_valid is None and self.aligned and window_is_moot
+        return self.key_valid is None and self.document_ids is None and self.aligned and window_is_moot
 
     def dense(self, sliding_window):
         """Boolean mask `(B or 1, 1, Q, K)`, True where attention is allowed."""
@@ -62,10 +67,11 @@ class AttentionMask:
             allowed = k <= q
             if sliding_window is not None:
                 allowed = allowed & (q - k < sliding_window)
-            if self.key_valid is None:
-                allowed = allowed[None]  # (1, Q, K)
-            else:
-                allowed = allowed[None] & (self.key_valid[:, None, :] | (k == q)[None])  # (B, Q, K)
+            allowed = allowed[None]  # (1, Q, K)
+            if self.document_ids is not None:
+                allowed = allowed & (self.document_ids[:, :, None] == self.document_ids[:, None, :])  # (B, Q, K)
+            if self.key_valid is not None:
+                allowed = allowed & (self.key_valid[:, None, :] | (k == q)[None])  # (B, Q, K)
             self._built[key] = allowed[:, None]  # (B or 1, 1, Q, K)
         return self._built[key]
 
@@ -77,7 +83,7 @@ class AttentionMask:
         """
         key = ("block", sliding_window)
         if key not in self._built:
-            cacheable = self.key_valid is None and self.slot_starts is not None
+            cacheable = self.key_valid is None and self.document_ids is None and self.slot_starts is not None
             if cacheable and not torch.compiler.is_compiling():
                 self._built[key] = _unpadded_block_mask(
                     self.query_slots.device, self.slot_starts[0], len(self.query_slots), self.slot_starts[1],
@@ -85,11 +91,11 @@ class AttentionMask:
                 )
             else:
                 self._built[key] = _create_block_mask(self.query_slots, self.key_slots, self.key_valid,
-                                                      sliding_window)
+                                                      sliding_window, self.document_ids)
         return self._built[key]
 
 
-def _create_block_mask(query_slots, key_slots, key_valid, sliding_window):
+def _create_block_mask(query_slots, key_slots, key_valid, sliding_window, document_ids=None):
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):
@@ -97,11 +103,14 @@ def _create_block_mask(query_slots, key_slots, key_valid, sliding_window):
         allowed = k <= q
         if sliding_window is not None:
             allowed = allowed & (q - k < sliding_window)
+        if document_ids is not None:
+            allowed = allowed & (document_ids[b, q_idx] == document_ids[b, kv_idx])
         if key_valid is not None:
             allowed = allowed & (key_valid[b, kv_idx] | (k == q))
         return allowed
 
-    batch = None if key_valid is None else key_valid.shape[0]
+    per_row = key_valid if key_valid is not None else document_ids
+    batch = None if per_row is None else per_row.shape[0]
     return create_block_mask(mask_mod, batch, None, len(query_slots), len(key_slots), device=query_slots.device)
 
 
@@ -112,22 +121,30 @@ def _unpadded_block_mask(device, query_start, query_length, key_start, key_lengt
     return _create_block_mask(query_slots, key_slots, None, sliding_window)
 
 
-def build_attention_masks(layer_types, attention_mask, past_key_values, past_seen, seq_len, device):
+def build_attention_masks(layer_types, attention_mask, past_key_values, past_seen, seq_len, device,
+                          document_ids=None):
     """One AttentionMask per attention type: the slots of this forward's queries and of the keys it reads.
 
     Cache layers report which absolute slots their returned keys cover (`get_mask_sizes`): all slots for full
     layers, only the recent ones for sliding-window cache layers, the whole buffer for static caches.
     `attention_mask` is the usual 2-D (batch, slots) padding mask, 1 for tokens and 0 for padding.
+    `document_ids` (batch, seq_len) restricts attention to positions of the same document (packed sequences);
+    they describe whole sequences, so the keys must be exactly this forward's positions (no cached content).
     """
     if attention_mask is not None and attention_mask.dim() != 2:
         raise ValueError(
             "attention_mask must be 2-D (batch, key positions) with 1 for tokens and 0 for padding, "
             f"got shape {tuple(attention_mask.shape)}"
         )
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None  # nothing padded: lets sdpa keep its causal fast path
+    if attention_mask is not None and not torch.compiler.is_compiling() and bool(attention_mask.all()):
+        # nothing padded: lets sdpa keep its causal fast path. Not under compile or export, where a branch on the
+        # mask's values would break the graph (or fail the export); the mask is then simply applied.
+        attention_mask = None
     query_slots = torch.arange(seq_len, device=device) + past_seen
     past_is_known_empty = not torch.is_tensor(past_seen) and past_seen == 0
+    if document_ids is not None and document_ids.shape[-1] != seq_len:
+        raise ValueError(f"document_ids must be (batch, {seq_len}), one id per position, "
+                         f"got shape {tuple(document_ids.shape)}")
     masks = {}
     for layer_type in dict.fromkeys(layer_types):
         if past_key_values is None:
@@ -139,13 +156,18 @@ def build_attention_masks(layer_types, attention_mask, past_key_values, past_see
             # slots past the mask (a static cache's empty tail) count as padding; causality hides them anyway
             padded = F.pad(attention_mask.bool(), (0, max(0, kv_offset + kv_length - attention_mask.shape[1])))
             key_valid = padded[:, kv_offset : kv_offset + kv_length]  # (B, K)
+        aligned = past_is_known_empty and kv_offset == 0 and kv_length == seq_len
+        if document_ids is not None and not aligned:
+            raise ValueError("document_ids describe whole sequences: pass them only to forwards without cached "
+                             "content (training, evaluation, scoring), not to cached generation steps")
         masks[layer_type] = AttentionMask(
             query_slots,
             torch.arange(kv_length, device=device) + kv_offset,
             key_valid,
-            aligned=past_is_known_empty and kv_offset == 0 and kv_length == seq_len,
+            aligned=aligned,
             keys_end_at_queries=not torch.is_tensor(past_seen) and kv_offset + kv_length == past_seen + seq_len,
             slot_starts=None if torch.is_tensor(past_seen) or torch.is_tensor(kv_offset) else (past_seen, kv_offset),
+            document_ids=None if document_ids is None else document_ids.to(device),
         )
     return masks
 
@@ -194,16 +216,20 @@ def sdpa_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
         dropout_p=dropout,
         is_causal=is_causal,
         scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
+        # a Python bool even under tracing, where shapes are tensors (head counts are fixed, so it is a constant)
+        enable_gqa=bool(query.shape[1] != key.shape[1]),
     )  # (B, H, Q, D)
     return output.transpose(1, 2), None
 
 
 @functools.lru_cache(maxsize=None)
-def _softcap_score_mod(softcap):
-    # One function object per cap value, so a compiled flex_attention is not re-traced for every call.
+def _softcap_score_mod(softcap, device_type, dtype):
+    # One function object per cap value, device type and input dtype, so a compiled flex_attention is not re-traced
+    # for every call. On CUDA with 16-bit inputs the tanh is the hardware approximation (softcap_moderngpt2).
+    tanh = softcap_tanh_function(device_type, dtype)
+
     def score_mod(score, b, h, q_idx, kv_idx):
-        return softcap * torch.tanh(score / softcap)
+        return softcap * tanh(score / softcap)
 
     return score_mod
 
@@ -228,7 +254,7 @@ def flex_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
         query,
         key,
         value,
-        score_mod=None if softcap is None else _softcap_score_mod(float(softcap)),
+        score_mod=None if softcap is None else _softcap_score_mod(float(softcap), query.device.type, query.dtype),
         block_mask=mask.block_mask(sliding_window),
         scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],
@@ -239,10 +265,10 @@ def flex_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
 def flash_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
     from flash_attn import flash_attn_func
 
-    if mask.key_valid is not None or not mask.keys_end_at_queries:
+    if mask.key_valid is not None or mask.document_ids is not None or not mask.keys_end_at_queries:
         raise ValueError(
-            "attn_implementation='flash_attention_2' needs unpadded inputs and a dynamic cache; "
-            "use 'sdpa' or 'flex_attention' for padded batches or a static cache"
+            "attn_implementation='flash_attention_2' needs unpadded inputs, one document per row and a dynamic "
+            "cache; use 'sdpa' or 'flex_attention' for padded batches, document_ids or a static cache"
         )
     output = flash_attn_func(
         query.transpose(1, 2),  # (B, Q, H, D)
@@ -270,27 +296,28 @@ def uses_attention_quirks(config):
     return config.attn_logit_softcapping is not None or "sliding_attention" in config.layer_types
 
 
-def select_attention_backend(config, device_type, query_length, has_cache, training):
+def select_attention_backend(config, device_type, query_length, has_cache, training, document_mask=False):
     """The backend one forward runs: the explicit `attn_implementation` if there is one, else the automatic choice.
 
     Automatic choice (the fastest backend that honours every setting):
 
-    | softcap or window | device     | the forward                                 | backend          |
-    |-------------------|------------|---------------------------------------------|------------------|
-    | neither           | any        | any                                         | `sdpa`           |
-    | either            | not CUDA   | any                                         | `eager`          |
-    | either            | CUDA       | decode step: 1 query and a cache            | `eager`          |
-    | either            | CUDA       | training with attention_dropout > 0         | `eager`          |
-    | either            | CUDA       | anything else (training, prefill, scoring)  | `flex_attention` |
+    | softcap, window or documents | device   | the forward                                | backend          |
+    |------------------------------|----------|--------------------------------------------|------------------|
+    | none                         | any      | any                                        | `sdpa`           |
+    | any                          | not CUDA | any                                        | `eager`          |
+    | any                          | CUDA     | decode step: 1 query and a cache           | `eager`          |
+    | any                          | CUDA     | training with attention_dropout > 0        | `eager`          |
+    | any                          | CUDA     | anything else (training, prefill, scoring) | `flex_attention` |
 
     Decode steps avoid flex: its compiled kernel and BlockMask are specialised to the key length, which grows by
     one every step, so each step would recompile and rebuild the mask; eager's scores are only (B, H, 1, K).
-    `query_length=None` stands for a full-sequence forward.
+    `query_length=None` stands for a full-sequence forward. `document_mask`: the forward has document ids (packed
+    sequences), which sdpa could only take as a dense mask, losing its flash kernel; flex skips whole blocks.
     """
     requested = config._attn_implementation
     if requested is not None and not getattr(config, "_attn_implementation_autoset", False):
         return requested
-    if not uses_attention_quirks(config):
+    if not uses_attention_quirks(config) and not document_mask:
         return "sdpa"
     if device_type != "cuda":
         return "eager"  # flex runs uncompiled there, slower than eager, and has no backward on the CPU

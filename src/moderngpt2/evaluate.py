@@ -7,6 +7,7 @@ log-likelihood per predicted token over all blocks (token-weighted, not an avera
 
     moderngpt2 evaluate --model out/final --input data/pretokenized
     moderngpt2 evaluate --model out/final --input heldout.jsonl --block_size 512
+    moderngpt2 evaluate --model out/final --tasks hellaswag,arc_easy --limit 100   # lm-evaluation-harness
 """
 
 import argparse
@@ -20,13 +21,15 @@ from .argparsing import CommandParser
 from .data.arguments import add_flag
 from .errors import UserError
 from .fileio import write_json
+from .frameworks import FRAMEWORKS, check_torch_only_flags, load_causal_lm
+from .harness import add_harness_flags, prepare_harness, run_harness
 from .training.inference import DTYPES, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
     add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
-    add_flag(parser, "--input", nargs="+", required=True,
+    add_flag(parser, "--input", nargs="+", default=None,
              help="a pretokenized directory or Megatron prefix, or text files/directories/`datasets` sources")
     add_flag(parser, "--split", default="validation", help="split of pretokenized data (default validation)")
     add_flag(parser, "--per-layer-data-path", default=None, help="explicit per-layer id streams of pretokenized data")
@@ -40,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     add_flag(parser, "--dtype", default="auto", choices=("auto", *DTYPES), help="weights dtype (default auto)")
     add_flag(parser, "--output_json", default=None, help="also write the numbers to this JSON file")
+    add_flag(parser, "--framework", choices=FRAMEWORKS, default="torch",
+             help="implementation to run: torch (default), jax or tf (needs the extra of the same name)")
+    add_harness_flags(parser)
     return parser
 
 
@@ -99,31 +105,75 @@ def batched(blocks, batch_size: int, max_blocks: int | None):
         yield pending
 
 
-@torch.no_grad()
-def negative_log_likelihood(model, batches) -> tuple[float, int, int]:
-    """(summed NLL in nats, predicted tokens, blocks) over all batches."""
+def torch_batch_nll(model):
+    """Summed NLL of one batch of blocks with the PyTorch model."""
+
+    @torch.no_grad()
+    def score(batch):
+        inputs = {key: torch.stack([b[key] for b in batch]).to(model.device) for key in batch[0]}
+        # num_items_in_batch=1 turns the model's loss into the sum over predicted tokens.
+        output = model(**inputs, labels=inputs["input_ids"], num_items_in_batch=1, use_cache=False)
+        return output.loss.float().item()
+
+    return score
+
+
+def framework_batch_nll(model, framework):
+    """Summed NLL of one batch of blocks with a `--framework jax|tf` model (its `token_nll`)."""
+
+    def score(batch):
+        if "per_layer_input_ids" in batch[0]:
+            raise UserError(f"--framework {framework} maps per-layer ids through the checkpoint's token map; this "
+                            "data carries its own per-layer id streams, evaluate it with --framework torch")
+        ids = torch.stack([b["input_ids"] for b in batch]).numpy()
+        return float(model.token_nll(ids).astype("float64").sum())
+
+    return score
+
+
+def negative_log_likelihood(score_batch, batches) -> tuple[float, int, int]:
+    """(summed NLL in nats, predicted tokens, blocks) over all batches; `score_batch` sums one batch's NLL."""
     total, tokens, blocks = 0.0, 0, 0
     for batch in tqdm(batches, desc="evaluating", unit="batch"):
-        inputs = {key: torch.stack([b[key] for b in batch]).to(model.device) for key in batch[0]}
-        ids = inputs["input_ids"]
-        # num_items_in_batch=1 turns the model's loss into the sum over predicted tokens.
-        output = model(**inputs, labels=ids, num_items_in_batch=1, use_cache=False)
-        total += output.loss.float().item()
-        tokens += ids.shape[0] * (ids.shape[1] - 1)
-        blocks += ids.shape[0]
+        total += score_batch(batch)
+        length = batch[0]["input_ids"].shape[0]
+        tokens += len(batch) * (length - 1)
+        blocks += len(batch)
     return total, tokens, blocks
+
+
+def load_for_evaluation(args):
+    """(scorer of one batch, n_positions, tokenizer) for the chosen framework."""
+    if args.framework == "torch":
+        model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
+        return torch_batch_nll(model), model.config.n_positions, tokenizer
+    from .tokenization import load_tokenizer
+
+    check_torch_only_flags(args)
+    model = load_causal_lm(args.framework, args.model)
+    return framework_batch_nll(model, args.framework), model.config["n_positions"], load_tokenizer(args.model)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
-    model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
-    block_size = args.block_size or model.config.n_positions
+    if (args.input is None) == (args.tasks is None):
+        raise UserError("give either --input (perplexity on held-out text) or --tasks (lm-evaluation-harness)")
+    if args.tasks is not None:
+        if args.framework != "torch":
+            raise UserError(f"--tasks runs the PyTorch model through lm-evaluation-harness; "
+                            f"drop --framework {args.framework}")
+        prepared = prepare_harness(args)
+        model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
+        run_harness(args, prepared, model, tokenizer)
+        return 0
+    score_batch, n_positions, tokenizer = load_for_evaluation(args)
+    block_size = args.block_size or n_positions
     if block_size < 2:
         raise UserError(f"--block_size {block_size}: must be at least 2")
     blocks = (pretokenized_blocks if is_pretokenized(args.input) else text_blocks)(args, tokenizer, block_size)
-    total, tokens, count = negative_log_likelihood(model, batched(blocks, args.batch_size, args.max_blocks))
+    total, tokens, count = negative_log_likelihood(score_batch, batched(blocks, args.batch_size, args.max_blocks))
     if tokens == 0:
         raise UserError(f"{' '.join(args.input)}: no text to evaluate on")
     if count == 1 and tokens + 1 < block_size and not is_pretokenized(args.input):

@@ -4,6 +4,7 @@
 """
 
 import argparse
+import secrets
 import sys
 
 import torch
@@ -11,6 +12,7 @@ import torch
 from .argparsing import CommandParser
 from .data.arguments import add_flag
 from .errors import UserError
+from .frameworks import FRAMEWORKS, check_torch_only_flags, load_causal_lm
 from .training.inference import DTYPES, load_checkpoint
 
 
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--seed", type=int, default=None, help="random seed, for reproducible samples")
     add_flag(parser, "--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     add_flag(parser, "--dtype", default="auto", choices=("auto", *DTYPES), help="weights dtype (default auto)")
+    add_flag(parser, "--framework", choices=FRAMEWORKS, default="torch",
+             help="implementation to run: torch (default), jax or tf (needs the extra of the same name)")
     return parser
 
 
@@ -57,19 +61,23 @@ def generation_settings(args, tokenizer) -> dict:
     return settings
 
 
-def main(argv=None) -> int:
+def checked_prompts(args):
+    for index, prompt in enumerate(args.prompt):
+        if not prompt:
+            raise UserError(f"--prompt #{index + 1} is empty")
+        yield prompt
+
+
+def generate_with_torch(args) -> None:
+    """transformers' generate, streamed to the terminal as tokens arrive."""
     from transformers import TextStreamer, set_seed
 
-    args = build_parser().parse_args(argv)
-    check_sampling(args)
     model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
     if args.seed is not None:
         set_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_special_tokens=True)
     settings = generation_settings(args, tokenizer)
-    for index, prompt in enumerate(args.prompt):
-        if not prompt:
-            raise UserError(f"--prompt #{index + 1} is empty")
+    for index, prompt in enumerate(checked_prompts(args)):
         encoded = tokenizer(prompt, return_tensors="pt")
         length = encoded["input_ids"].shape[1] + args.max_new_tokens
         if length > model.config.n_positions:
@@ -80,4 +88,35 @@ def main(argv=None) -> int:
             model.generate(input_ids=encoded["input_ids"].to(model.device),
                            attention_mask=encoded["attention_mask"].to(model.device), streamer=streamer, **settings)
         sys.stdout.flush()
+
+
+def generate_with_framework(args) -> None:
+    """The `--framework jax|tf` model's generate; each continuation is printed whole, as the streamer prints it."""
+    from .tokenization import load_tokenizer
+
+    check_torch_only_flags(args)
+    if args.repetition_penalty != 1.0:
+        raise UserError(f"--repetition_penalty {args.repetition_penalty}: only with --framework torch")
+    model = load_causal_lm(args.framework, args.model)
+    tokenizer = load_tokenizer(args.model)
+    settings = generation_settings(args, tokenizer)
+    del settings["repetition_penalty"]
+    if settings["do_sample"]:
+        settings["seed"] = args.seed if args.seed is not None else secrets.randbits(31)
+    else:
+        settings.update(temperature=1.0, top_k=0, top_p=1.0)
+    for prompt in checked_prompts(args):
+        encoded = tokenizer(prompt, return_tensors="np")
+        tokens = model.generate(encoded["input_ids"], encoded["attention_mask"],
+                                eos_token_id=model.config.get("eos_token_id"), **settings)
+        print(tokenizer.decode(tokens[0], skip_special_tokens=True), flush=True)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    check_sampling(args)
+    if args.framework == "torch":
+        generate_with_torch(args)
+    else:
+        generate_with_framework(args)
     return 0

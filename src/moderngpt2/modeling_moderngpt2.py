@@ -5,12 +5,12 @@ loads 1:1. This file imports only torch, transformers and its two sibling module
 checkpoint and loaded with `trust_remote_code=True` where this package is not installed.
 """
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import DynamicCache
@@ -22,7 +22,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .attention_moderngpt2 import (
@@ -32,21 +32,31 @@ from .attention_moderngpt2 import (
     select_attention_backend,
 )
 from .configuration_moderngpt2 import ModernGPT2Config
+from .loss_moderngpt2 import (
+    DEFAULT_CHUNK_SIZE,
+    causal_lm_loss_from_logits,
+    fused_linear_cross_entropy,
+    softcap,
+    upcast,
+)
+
+
+# transformers 5.24 renamed the cache argument of forward/generate and the cache field of every output from
+# `past_key_values` to `cache`; the old name still works there, but with a deprecation warning. The fields of an
+# output class say which name the running transformers uses, once, at import.
+CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+def resolve_cache(cache, past_key_values):
+    """The cache passed under either name: `cache` (transformers >= 5.24) or `past_key_values` (before)."""
+    if cache is not None and past_key_values is not None:
+        raise ValueError("pass the cache once, as `cache` or as `past_key_values`, not both")
+    return past_key_values if cache is None else cache
 
 
 def _scaled(tensor, scale):
     # The scale is rounded to the activation dtype first, as Gemma2/Gemma3n do (sqrt(768) becomes 27.75 in bf16).
     return tensor * torch.tensor(scale, dtype=tensor.dtype)
-
-
-def upcast(tensor):
-    """At least float32 (float64 stays float64): where the loss is computed."""
-    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
-
-
-def softcap(logits, cap):
-    """`cap * tanh(logits / cap)`: bounds logits smoothly to (-cap, cap)."""
-    return cap * torch.tanh(logits / cap)
 
 
 class ModernGPT2RMSNorm(nn.Module):
@@ -135,13 +145,17 @@ class ModernGPT2Attention(nn.Module):
         self.attn_logit_softcapping = config.attn_logit_softcapping
         self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
         self.attention_dropout = config.attention_dropout
+        # What transformers' attention functions read from the module they are given (see `registered_attention`).
+        self.config = config
+        self.is_causal = True
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
         self.o_proj.is_residual_projection = True
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, attn_backend, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask, attn_backend, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         # The head count comes from the projected width, never from the config, so a column-sharded
         # (tensor-parallel) projection simply yields this rank's heads.
@@ -150,21 +164,34 @@ class ModernGPT2Attention(nn.Module):
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
         query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)  # (B, Hkv, K, D)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)  # (B, Hkv, K, D)
 
-        output, weights = ATTENTION_BACKENDS[attn_backend](
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            softcap=self.attn_logit_softcapping,
-            sliding_window=self.sliding_window,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )  # (B, S, Hq, D)
+        quirks = dict(scaling=self.scaling, softcap=self.attn_logit_softcapping, sliding_window=self.sliding_window,
+                      dropout=self.attention_dropout if self.training else 0.0)
+        if attn_backend in ATTENTION_BACKENDS:
+            output, weights = ATTENTION_BACKENDS[attn_backend](query, key, value, attention_mask, **quirks)
+        else:  # a function registered with transformers' AttentionInterface, e.g. by vLLM's Transformers backend
+            output, weights = ALL_ATTENTION_FUNCTIONS[attn_backend](
+                self, query, key, value, attention_mask.dense(self.sliding_window), **quirks, **kwargs
+            )  # (B, S, Hq, D)
         output = self.o_proj(output.reshape(*input_shape, -1).contiguous())  # (B, S, H)
         return output, weights
+
+
+class ModernGPT2ScaledWordEmbedding(nn.Embedding):
+    """Token embeddings times `embed_scale` (sqrt(hidden_size)), scaled inside the module as in Gemma2.
+
+    So `inputs_embeds` means what `get_input_embeddings()` returns: `model(inputs_embeds=embed(ids))` equals
+    `model(input_ids=ids)`. The tied LM head reads the raw `weight`.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, embed_scale):
+        super().__init__(num_embeddings, embedding_dim)
+        self.embed_scale = embed_scale
+
+    def forward(self, input_ids):
+        return _scaled(super().forward(input_ids), self.embed_scale)
 
 
 class PerLayerEmbedding(nn.Embedding):
@@ -186,6 +213,7 @@ class PerLayerProjection(nn.Module):
     P = RMSNorm_d(view(W x_emb * H^-0.5, [B, S, L, d])), then with E the per-layer embeddings:
     `scaled_add`: (P + E) * 2^-0.5 (Gemma3n); `concat`: a per-layer linear 2d -> d on [P; E];
     `gated`: sigmoid(g) * P + (1 - sigmoid(g)) * E with learned per-layer, per-channel logits g.
+    Without per-layer embeddings (only `inputs_embeds` given), P alone, as in Gemma3n.
     """
 
     def __init__(self, config):
@@ -204,6 +232,8 @@ class PerLayerProjection(nn.Module):
     def forward(self, inputs_embeds, per_layer_embeds):
         projected = _scaled(self.proj(inputs_embeds), self.hidden_size**-0.5)
         projected = self.norm(projected.view(*inputs_embeds.shape[:-1], self.num_layers, -1))  # (B, S, L, d)
+        if per_layer_embeds is None:
+            return projected
         if self.combination_method == "scaled_add":
             return _scaled(projected + per_layer_embeds, 2.0**-0.5)
         if self.combination_method == "concat":
@@ -251,7 +281,7 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
         self.per_layer_gate = PerLayerGate(config) if config.use_per_layer_embedding else None
 
     def forward(self, hidden_states, per_layer_input=None, attention_mask=None, attn_backend="eager",
-                position_embeddings=None, past_key_values=None, **kwargs):
+                position_embeddings=None, cache=None, **kwargs):
         if self.per_layer_gate is not None:
             hidden_states = self.per_layer_gate(hidden_states, per_layer_input)
         residual = hidden_states
@@ -260,7 +290,8 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
             attn_backend=attn_backend,
-            past_key_values=past_key_values,
+            cache=cache,
+            **kwargs,
         )
         hidden_states = residual + self.resid_dropout(self.post_attention_layernorm(hidden_states))
         residual = hidden_states
@@ -269,17 +300,32 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
         return hidden_states, attn_weights
 
 
+def registered_attention(name) -> bool:
+    """True for an attention function registered with transformers' AttentionInterface from outside transformers.
+
+    It is called like transformers' own: `(module, query, key, value, attention_mask, *, scaling, dropout,
+    softcap, sliding_window, **kwargs)` with a boolean mask `(B or 1, 1, Q, K)`, True where a query may
+    attend. transformers' built-in functions expect their own mask formats, so this package's backends
+    stand in for those names.
+    """
+    if not isinstance(name, str) or name in ATTENTION_BACKENDS or name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        return False
+    return not getattr(ALL_ATTENTION_FUNCTIONS[name], "__module__", "").startswith("transformers.")
+
+
 class ModernGPT2PreTrainedModel(PreTrainedModel):
     config: ModernGPT2Config
     config_class = ModernGPT2Config
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ModernGPT2DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
-    _supports_attention_backend = False  # attention dispatches through this package's own registry
+    # Attention runs through this package's backends (`attention_moderngpt2.py`), or through any function
+    # registered with transformers' AttentionInterface under another name (vLLM's Transformers backend).
+    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -329,7 +375,8 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         if requested_attention is None or still_automatic:
             config._attn_implementation_autoset = True
             return select_attention_backend(config, "cpu", query_length=None, has_cache=False, training=False)
-        check_attention_backend(requested_attention, config)
+        if not registered_attention(requested_attention):
+            check_attention_backend(requested_attention, config)
         config._attn_implementation_autoset = False
         return requested_attention
 
@@ -386,11 +433,11 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         )
         return embeddings
 
-    def attention_backend(self, device, query_length=None, has_cache=False):
+    def attention_backend(self, device, query_length=None, has_cache=False, document_mask=False):
         """The backend a forward on `device` uses: a full sequence by default, `query_length=1, has_cache=True`
-        for a decode step (see `select_attention_backend`)."""
+        for a decode step, `document_mask=True` with document ids (see `select_attention_backend`)."""
         return select_attention_backend(self.config, torch.device(device).type, query_length, has_cache,
-                                        self.training)
+                                        self.training, document_mask)
 
 
 def gemma3n_per_layer_ids(main_ids, per_layer_vocab_size):
@@ -427,7 +474,9 @@ def resized_per_layer_token_map(token_map, new_size, per_layer_vocab_size, unk_i
 class ModernGPT2Model(ModernGPT2PreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = ModernGPT2ScaledWordEmbedding(
+            config.vocab_size, config.hidden_size, embed_scale=config.hidden_size**0.5
+        )
         self.embed_dropout = nn.Dropout(config.embd_pdrop)
         self.layers = nn.ModuleList(ModernGPT2DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -450,14 +499,23 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         per_layer_input_ids=None,
         use_cache=None,
         output_attentions=None,
         output_hidden_states=None,
+        document_ids=None,
+        past_key_values=None,
         **kwargs,
     ):
+        r"""
+        document_ids: (B, S) integers for packed sequences: a position attends only to earlier positions with the
+            same id, so documents packed into one row do not see each other. RoPE positions are not restarted per
+            document: attention scores depend only on relative positions, so each document's outputs equal those
+            of a forward over it alone. For forwards without cached content (training, evaluation, scoring).
+        """
+        cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
@@ -468,28 +526,30 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
             use_cache = self.config.use_cache and not self.training  # training never reads a cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
 
         if inputs_embeds is None:
-            inputs_embeds = _scaled(self.embed_tokens(input_ids), self.config.hidden_size**0.5)
+            inputs_embeds = self.embed_tokens(input_ids)
         seq_len = inputs_embeds.shape[1]
-        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_seen = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = (torch.arange(seq_len, device=inputs_embeds.device) + past_seen).unsqueeze(0)
 
         per_layer_inputs = None
         if self.config.use_per_layer_embedding:
-            if per_layer_input_ids is None:
-                if input_ids is None:
-                    raise ValueError("with inputs_embeds, pass per_layer_input_ids too (they cannot be derived)")
+            if per_layer_input_ids is None and input_ids is not None:
                 per_layer_input_ids = self.map_per_layer_ids(input_ids)
-            per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
+            # only inputs_embeds: no per-layer embedding term, the projection alone (Gemma3n)
+            per_layer_embeds = None
+            if per_layer_input_ids is not None:
+                per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
             per_layer_inputs = self.per_layer_projection(inputs_embeds, per_layer_embeds)  # (B, S, L, d)
 
-        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, past_key_values is not None)
-        masks = build_attention_masks(self.config.layer_types, attention_mask, past_key_values, past_seen, seq_len,
-                                      inputs_embeds.device)
+        attn_backend = self.attention_backend(inputs_embeds.device, seq_len, cache is not None,
+                                              document_ids is not None)
+        masks = build_attention_masks(self.config.layer_types, attention_mask, cache, past_seen, seq_len,
+                                      inputs_embeds.device, document_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = self.embed_dropout(inputs_embeds)
 
@@ -504,7 +564,8 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
                 attention_mask=masks[layer.attention_type],
                 attn_backend=attn_backend,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
+                **kwargs,
             )
             if output_attentions:
                 all_attentions += (attn_weights,)
@@ -514,7 +575,7 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
 
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_NAME: cache if use_cache else None},
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
@@ -526,7 +587,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
     _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
     _fsdp_plan = {"lm_head": "keep_full_weight"}
     # Positions per loss chunk: bounds the float32 logits held at once to loss_chunk_size x vocab_size.
-    loss_chunk_size = 2048
+    loss_chunk_size = DEFAULT_CHUNK_SIZE
 
     def __init__(self, config):
         super().__init__(config)
@@ -550,7 +611,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         per_layer_input_ids=None,
         labels=None,
@@ -558,75 +619,66 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         logits_to_keep=0,
         num_items_in_batch=None,
         return_logits=None,
+        past_key_values=None,
         **kwargs,
     ):
         r"""
         labels: token ids, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
+        shift_labels (keyword): targets already shifted (transformers' convention, used by context parallelism):
+            position t predicts shift_labels[t]. When given they are used as they are, and `labels` is not shifted
+            again. It is read from `kwargs`, as in transformers' own models: the Trainer treats every named forward
+            parameter containing "label" as a label column, and would then compute no eval loss without it.
         num_items_in_batch: when given (the Trainer does), the loss is sum / num_items_in_batch, so gradient
             accumulation over micro-batches is exact; otherwise the mean over non-ignored tokens.
-        return_logits: with labels, the loss is computed in chunks of `loss_chunk_size` positions without ever
-            holding the full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well
-            (the naive path). Without labels, logits are always returned.
+        return_logits: with labels, the loss is the fused linear cross-entropy (LM head, softcap and loss in
+            chunks of `loss_chunk_size` positions, gradients computed in the forward) without ever holding the
+            full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well (the naive
+            path). Without labels, logits are always returned.
         """
-        if labels is not None and use_cache is None:
+        shift_labels = kwargs.pop("shift_labels", None)
+        wants_loss = labels is not None or shift_labels is not None
+        if wants_loss and use_cache is None:
             use_cache = False
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             per_layer_input_ids=per_layer_input_ids,
             use_cache=use_cache,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        return_logits = labels is None if return_logits is None else return_logits
+        return_logits = not wants_loss if return_logits is None else return_logits
 
         loss = logits = None
-        if return_logits:
+        if return_logits or (wants_loss and self.lm_head_is_distributed()):
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.compute_logits(hidden_states[:, keep, :])
-            if labels is not None:
-                loss = causal_lm_loss_from_logits(logits, labels, num_items_in_batch)
-        elif labels is not None:
-            loss = self.chunked_causal_lm_loss(hidden_states, labels, num_items_in_batch)
+            if wants_loss:
+                loss = causal_lm_loss_from_logits(logits, labels, num_items_in_batch, shift_labels)
+        elif wants_loss:
+            loss = fused_linear_cross_entropy(hidden_states, self.lm_head.weight, labels,
+                                              self.config.final_logit_softcapping, num_items_in_batch,
+                                              shift_labels, self.loss_chunk_size)
 
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
 
-    def chunked_causal_lm_loss(self, hidden_states, labels, num_items_in_batch=None):
-        """Shifted cross-entropy over chunks of positions; each chunk's float32 logits are recomputed in backward.
+    def lm_head_is_distributed(self):
+        """Whether a tensor-parallel plan hooks the LM head: its weight is then one shard of the vocabulary, and
+        the loss needs the gathered logits the hooked head returns (the naive path)."""
+        return bool(self.lm_head._forward_hooks or self.lm_head._forward_pre_hooks)
 
-        Equal (exactly, in float32) to `causal_lm_loss_from_logits(self.compute_logits(hidden_states), labels)`
-        without materialising the full (B, S, V) float32 logits: memory is bounded by loss_chunk_size x vocab_size.
-        """
-        targets = shift_labels(labels).to(hidden_states.device).reshape(-1)  # (B*S,)
-        flat_hidden = hidden_states.reshape(-1, hidden_states.shape[-1])  # (B*S, H)
-        total = upcast(hidden_states.new_zeros(()))
-        for start in range(0, flat_hidden.shape[0], self.loss_chunk_size):
-            chunk = slice(start, start + self.loss_chunk_size)
-            if torch.is_grad_enabled():
-                total = total + checkpoint(self._loss_sum, flat_hidden[chunk], targets[chunk], use_reentrant=False)
-            else:
-                total = total + self._loss_sum(flat_hidden[chunk], targets[chunk])
-        return _normalise_loss(total, targets, num_items_in_batch)
-
-    def _loss_sum(self, hidden_chunk, target_chunk):
-        logits = self.compute_logits(hidden_chunk, for_loss=True)
-        return F.cross_entropy(logits, target_chunk, ignore_index=-100, reduction="sum")
-
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None,
-                                      per_layer_input_ids=None, **kwargs):
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-            **kwargs,
-        )
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, per_layer_input_ids=None, **kwargs):
+        # Everything else (the cache among it, under whichever name this transformers uses) passes through untouched.
+        model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         if per_layer_input_ids is not None:
             # Explicit ids cover the prompt; the tokens generated after it are mapped like any other token.
             total = input_ids.shape[1] + (inputs_embeds.shape[1] if inputs_embeds is not None else 0)
@@ -645,27 +697,6 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         return attention_mask
 
 
-def shift_labels(labels):
-    """labels (B, S) -> targets (B, S): position t predicts labels[t + 1]; the last position predicts nothing."""
-    return F.pad(labels[:, 1:], (0, 1), value=-100)
-
-
-def _normalise_loss(loss_sum, targets, num_items_in_batch):
-    if num_items_in_batch is None:
-        return loss_sum / (targets != -100).sum().clamp(min=1)
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(loss_sum.device)
-    return loss_sum / num_items_in_batch
-
-
-def causal_lm_loss_from_logits(logits, labels, num_items_in_batch=None):
-    """The naive loss: float32 cross-entropy over all logits (B, S, V) at once."""
-    targets = shift_labels(labels).to(logits.device).reshape(-1)
-    loss_sum = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), targets, ignore_index=-100,
-                               reduction="sum")
-    return _normalise_loss(loss_sum, targets, num_items_in_batch)
-
-
 class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):
     """The base model with a linear `score` layer on every position; what the two classification heads share.
 
@@ -681,11 +712,13 @@ class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, per_layer_input_ids=None, labels=None, use_cache=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                inputs_embeds=None, per_layer_input_ids=None, labels=None, use_cache=None, past_key_values=None,
+                **kwargs):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, per_layer_input_ids=per_layer_input_ids,
+            cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
+            per_layer_input_ids=per_layer_input_ids,
             use_cache=use_cache, **kwargs,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, S, num_labels)
@@ -709,7 +742,7 @@ class ModernGPT2ForSequenceClassification(ModernGPT2ScoringModel):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
         return SequenceClassifierOutputWithPast(
-            loss=loss, logits=pooled_logits, past_key_values=outputs.past_key_values,
+            loss=loss, logits=pooled_logits, **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
 

@@ -247,13 +247,17 @@ class DeviceTimer:
         return False
 
 
-def run_models(names: list[str], run_one, desc: str) -> dict:
-    """`run_one(name)` for each model in turn, with a progress bar."""
+def run_models(names: list[str], run_one, desc: str, after_each=None) -> dict:
+    """`run_one(name)` for each model in turn, with a progress bar. Each result is printed as it comes and handed
+    to `after_each(results so far)`, so a run stopped by a time limit still leaves the models it finished."""
     results = {}
     progress = tqdm(names, desc=desc, unit="model", file=sys.stderr)
     for name in progress:
         progress.set_postfix_str(name)
         results[name] = run_one(name)
+        progress.write(f"{desc}: {name}: {json.dumps(results[name])}", file=sys.stderr)
+        if after_each is not None:
+            after_each(results)
     return results
 
 

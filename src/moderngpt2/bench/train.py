@@ -259,7 +259,15 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     configs = build_configs(args, max_positions=args.seq)
-    results = run_models(args.models, lambda name: run_one(name, configs, args), desc="bench train")
+    save = (lambda results: write_json(args.json, build_report(results, args))) if args.json else None
+    results = run_models(args.models, lambda name: run_one(name, configs, args), desc="bench train", after_each=save)
+    report = build_report(results, args)
+    print_report(report)
+    return 1 if any("error" in result for result in results.values()) else 0
+
+
+def build_report(results: dict, args: argparse.Namespace) -> dict:
+    """Environment, settings, the models measured so far and the summary over them."""
     report = {
         "benchmark": "train",
         "environment": environment(args.device),
@@ -275,7 +283,4 @@ def main(argv: list[str]) -> int:
         "models": results,
     }
     report["summary"] = summarize(results, args)
-    print_report(report)
-    if args.json:
-        write_json(args.json, report)
-    return 1 if any("error" in result for result in results.values()) else 0
+    return report

@@ -87,6 +87,10 @@ class DataArguments:
         metadata={"help": "Decode every block before training starts (damaged shards, foreign token ids); without "
                           "it each block is checked when it is read."},
     )
+    document_mask: bool = field(
+        default=False,
+        metadata={"help": "Documents packed into one block (each closed by EOS) do not attend to each other."},
+    )
 
 
 @dataclass

@@ -1,11 +1,14 @@
 """Training data: the pretokenized blocks, checked against the tokenizer, and batched.
 
 Blocks are fixed-length, so a batch is a plain stack: `labels` are the inputs themselves (the model shifts
-them) and no attention mask is needed.
+them) and no attention mask is needed. With `--document_mask` the batch also carries `document_ids`, so the
+documents packed into one block (each closed by EOS) do not attend to each other.
 """
 
+import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,13 +25,32 @@ class TrainingData:
     train: Dataset
     eval: Dataset | None
     block_size: int
+    collate: Callable[[list[dict]], dict]
 
 
-def collate_blocks(features: list[dict]) -> dict:
-    """Stack equal-length blocks; `labels` are `input_ids` (shifted inside the model)."""
+def collate_blocks(features: list[dict], document_eos_id: int | None = None) -> dict:
+    """Stack equal-length blocks; `labels` are `input_ids` (shifted inside the model). With `document_eos_id`,
+    add the `document_ids` of the packed documents, each closed by that token."""
     batch = {key: torch.stack([f[key] for f in features]) for key in features[0]}
     batch["labels"] = batch["input_ids"].clone()
+    if document_eos_id is not None:
+        batch["document_ids"] = document_ids_from_eos(batch["input_ids"], document_eos_id)
     return batch
+
+
+def document_ids_from_eos(input_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """(B, S) -> (B, S): the index of each position's document in its row. An EOS closes its document, so it
+    belongs to the one before it: the id is the number of EOS tokens strictly before the position."""
+    is_eos = (input_ids == eos_token_id).long()
+    return is_eos.cumsum(-1) - is_eos
+
+
+def block_collator(document_mask: bool, tokenizer) -> Callable[[list[dict]], dict]:
+    if not document_mask:
+        return collate_blocks
+    if tokenizer.eos_token_id is None:
+        raise UserError("--document_mask needs a tokenizer with an EOS token (documents are split at EOS)")
+    return functools.partial(collate_blocks, document_eos_id=tokenizer.eos_token_id)
 
 
 def checked_manifest(path: str, tokenizer) -> dict | None:
@@ -91,4 +113,5 @@ def load_training_data(data_args, per_layer_args, tokenizer, eval_wanted: bool) 
     eval_dataset = load_eval_split(data_args, per_layer_path, tokenizer, manifest, train.block_size, eval_wanted)
     logger.info("data: %d training blocks, %s held-out blocks of %d tokens", len(train),
                 len(eval_dataset) if eval_dataset is not None else "no", train.block_size)
-    return TrainingData(train=train, eval=eval_dataset, block_size=train.block_size)
+    return TrainingData(train=train, eval=eval_dataset, block_size=train.block_size,
+                        collate=block_collator(data_args.document_mask, tokenizer))

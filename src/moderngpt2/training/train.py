@@ -10,7 +10,6 @@ OUTPUT/loss_curve.png plots the train and eval loss.
     moderngpt2 train run.yaml --max_steps 100      # arguments from a file, flags override it
 """
 
-import contextlib
 import logging
 import os
 import shutil
@@ -31,7 +30,8 @@ from .callbacks import (
     flops_per_token,
 )
 from .checkpoints import discard_incomplete_checkpoints, last_complete_checkpoint, resolve_resume
-from .data import collate_blocks, load_training_data
+from .data import load_training_data
+from .final_checkpoint import finalize
 from .inference import check_model_directory
 from .model_setup import build_config, check_block_size, check_parallel_sizes, load_model, per_layer_token_map
 from .plots import plot_loss_curves
@@ -166,7 +166,7 @@ def build_trainer(model, tokenizer, data, model_args, per_layer_args, training_a
         args=training_args,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=collate_blocks,
+        data_collator=data.collate,
         processing_class=tokenizer,
         callbacks=callbacks,
         per_layer_learning_rate_scale=per_layer_args.per_layer_learning_rate_scale,
@@ -177,9 +177,9 @@ def build_trainer(model, tokenizer, data, model_args, per_layer_args, training_a
     return trainer
 
 
-def finish(trainer, data, output_dir: str):
-    """Evaluate the final weights (unless that just happened), keep the log history, save model and tokenizer,
-    plot the loss curve."""
+def finish(trainer, data, output_dir: str, argv: list[str], data_path: str | None):
+    """Evaluate the final weights (unless that just happened), keep the log history, save model and tokenizer
+    (hub-ready: model card, generation config), plot the loss curve."""
     evaluated_last_step = any("eval_loss" in entry and entry.get("step") == trainer.state.global_step
                               for entry in trainer.state.log_history)
     if data.eval is not None and not evaluated_last_step:
@@ -192,15 +192,17 @@ def finish(trainer, data, output_dir: str):
     trainer.accelerator.wait_for_everyone()
     try:
         trainer.save_model(staging)
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            held_out = f", {len(data.eval):,} held out" if data.eval is not None else ""
+            finalize(staging, trainer.model, trainer.processing_class, argv,
+                     f"{data_path} ({len(data.train):,} blocks of {data.block_size} tokens{held_out})",
+                     trainer.throughput.tokens_per_step * trainer.state.global_step, trainer.state.global_step,
+                     trainer.state.log_history)
     except Exception as error:  # see interrupted_save: writers raise all kinds for a full disk
         shutil.rmtree(staging, ignore_errors=True)
         raise user_error_from(error, staging) from None
-    trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        # The Trainer pickles its arguments next to the weights; nothing reads them, and a model directory
-        # should hold no pickle (loading one runs code).
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(staging, "training_args.bin"))
         replace_directory(staging, final_dir)
         logger.info("final model and tokenizer saved to %s", final_dir)
         if any("loss" in entry for entry in trainer.state.log_history):
@@ -271,6 +273,6 @@ def main(argv: list[str]) -> int:
         raise
     except Exception as error:  # a checkpoint save that hit a full or read-only disk (whatever the writer raises)
         raise interrupted_save(error, training_args.output_dir) from None
-    finish(trainer, data, training_args.output_dir)
+    finish(trainer, data, training_args.output_dir, argv, data_args.pre_tokenized_dataset_path)
     release_process_group()
     return 0

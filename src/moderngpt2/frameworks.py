@@ -1,0 +1,50 @@
+"""The model in other frameworks behind one interface, for the commands' `--framework` flag.
+
+`moderngpt2.jax` and `moderngpt2.tf` each export a `ModernGPT2ForCausalLM` with
+`from_pretrained(path)`, `save_pretrained(path)`, `config` (a dict), `generate(input_ids, attention_mask=None, *,
+max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id, pad_token_id)` returning int64
+`(B, S + max_new_tokens)`, and `token_nll(input_ids, attention_mask=None)` returning float32 `(B, S - 1)`.
+`torch` is the transformers model itself, loaded by the commands' own code.
+"""
+
+import importlib
+import os
+
+from .errors import UserError
+
+FRAMEWORKS = ("torch", "jax", "tf")
+# The top-level packages each framework's extra installs.
+EXTRA_PACKAGES = {"jax": ("jax", "jaxlib", "flax", "optax"), "tf": ("tensorflow", "keras", "tf_keras")}
+
+
+def import_framework(framework: str):
+    """`moderngpt2.<framework>`, or a UserError naming the extra to install when its packages are missing."""
+    if framework not in FRAMEWORKS or framework == "torch":
+        raise UserError(f"--framework {framework}: choose one of {', '.join(f for f in FRAMEWORKS if f != 'torch')}")
+    try:
+        return importlib.import_module(f"moderngpt2.{framework}")
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] in EXTRA_PACKAGES[framework]:
+            raise UserError(
+                f"--framework {framework} needs the {framework} extra: pip install 'moderngpt2[{framework}]'"
+            ) from error
+        raise
+
+
+def load_causal_lm(framework: str, path: str):
+    """`ModernGPT2ForCausalLM.from_pretrained(path)` of `moderngpt2.<framework>` (jax or tf)."""
+    module = import_framework(framework)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UserError(f"{path}: no config.json, so not a saved model (use OUTPUT/final of `moderngpt2 train`)")
+    try:
+        return module.ModernGPT2ForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: cannot load the model: {str(error).splitlines()[0]}") from error
+
+
+def check_torch_only_flags(args) -> None:
+    """--device and --dtype pick PyTorch's device and weights dtype; the other frameworks run their own default."""
+    if args.device not in ("auto", "cpu"):
+        raise UserError(f"--device {args.device}: only with --framework torch; {args.framework} uses its own default")
+    if args.dtype not in ("auto", "float32"):
+        raise UserError(f"--dtype {args.dtype}: only with --framework torch; {args.framework} keeps the checkpoint's")
