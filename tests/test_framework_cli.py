@@ -1,4 +1,4 @@
-"""`moderngpt2 generate|evaluate --framework jax` print what the PyTorch commands print on the same checkpoint."""
+"""`moderngpt2 generate|evaluate --framework jax|tf` print what the PyTorch commands print on the same checkpoint."""
 
 import json
 import sys
@@ -10,9 +10,15 @@ from transformers import PreTrainedTokenizerFast
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
 from moderngpt2.cli import main as cli
 
-pytest.importorskip("flax.nnx")
-
 VOCAB = 64
+# What each framework's extra must have installed for its tests to run.
+FRAMEWORK_MODULES = {"jax": "flax.nnx", "tf": "tensorflow"}
+
+
+@pytest.fixture(params=list(FRAMEWORK_MODULES))
+def framework(request):
+    pytest.importorskip(FRAMEWORK_MODULES[request.param])
+    return request.param
 
 
 def word_tokenizer():
@@ -41,47 +47,47 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def test_generate_prints_the_same_greedy_text(checkpoint, capsys):
+def test_generate_prints_the_same_greedy_text(checkpoint, framework, capsys):
     printed = {}
-    for framework in ("torch", "jax"):
+    for name in ("torch", framework):
         assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5 w9 w12", "w40", "--max_new_tokens", "12",
-                    "--temperature", "0", "--framework", framework]) == 0
-        printed[framework] = capsys.readouterr().out
-    assert printed["jax"] == printed["torch"]
-    assert printed["jax"].startswith("w5 w9 w12") and len(printed["jax"].split()) > 6
+                    "--temperature", "0", "--framework", name]) == 0
+        printed[name] = capsys.readouterr().out
+    assert printed[framework] == printed["torch"]
+    assert printed[framework].startswith("w5 w9 w12") and len(printed[framework].split()) > 6
 
 
-def test_evaluate_reports_the_same_perplexity(checkpoint, tmp_path):
+def test_evaluate_reports_the_same_perplexity(checkpoint, framework, tmp_path):
     text = tmp_path / "heldout.txt"
     text.write_text("\n".join(" ".join(f"w{(7 * i + j) % 60 + 3}" for j in range(5 + i)) for i in range(12)))
     numbers = {}
-    for framework in ("torch", "jax"):
-        out = tmp_path / f"{framework}.json"
+    for name in ("torch", framework):
+        out = tmp_path / f"{name}.json"
         assert cli(["evaluate", "--model", str(checkpoint), "--input", str(text), "--block_size", "16",
-                    "--batch_size", "3", "--framework", framework, "--output_json", str(out)]) == 0
-        numbers[framework] = json.loads(out.read_text())
-    assert numbers["jax"]["tokens"] == numbers["torch"]["tokens"] > 50
-    assert numbers["jax"]["perplexity"] == pytest.approx(numbers["torch"]["perplexity"], rel=1e-4)
+                    "--batch_size", "3", "--framework", name, "--output_json", str(out)]) == 0
+        numbers[name] = json.loads(out.read_text())
+    assert numbers[framework]["tokens"] == numbers["torch"]["tokens"] > 50
+    assert numbers[framework]["perplexity"] == pytest.approx(numbers["torch"]["perplexity"], rel=1e-4)
 
 
-def test_flags_of_torch_alone_are_one_line_errors(checkpoint, capsys):
-    assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5", "--framework", "jax",
+def test_flags_of_torch_alone_are_one_line_errors(checkpoint, framework, capsys):
+    assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5", "--framework", framework,
                 "--repetition_penalty", "1.3"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "moderngpt2 generate: error: --repetition_penalty 1.3: only with --framework torch"
-    assert cli(["evaluate", "--model", str(checkpoint), "--input", "x.txt", "--framework", "jax",
+    assert cli(["evaluate", "--model", str(checkpoint), "--input", "x.txt", "--framework", framework,
                 "--dtype", "bfloat16"]) == 2
     assert "--dtype bfloat16: only with --framework torch" in capsys.readouterr().err
 
 
-def test_a_missing_extra_names_the_install_command(checkpoint, capsys, monkeypatch):
-    for name in [name for name in sys.modules if name.startswith("moderngpt2.jax")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "flax", None)  # what an environment without the extra looks like to import
-    assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5", "--framework", "jax"]) == 2
+@pytest.mark.parametrize(("name", "package"), [("jax", "flax"), ("tf", "keras")])
+def test_a_missing_extra_names_the_install_command(checkpoint, name, package, capsys, monkeypatch):
+    for module in [module for module in sys.modules if module.startswith(f"moderngpt2.{name}")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, package, None)  # what an environment without the extra looks like to import
+    assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5", "--framework", name]) == 2
     assert capsys.readouterr().err.strip() == (
-        "moderngpt2 generate: error: --framework jax needs the jax extra: pip install 'moderngpt2[jax]'")
-
+        f"moderngpt2 generate: error: --framework {name} needs the {name} extra: pip install 'moderngpt2[{name}]'")
 
 def test_bench_generate_reports_the_jax_to_pytorch_ratio(tmp_path):
     out = tmp_path / "bench.json"

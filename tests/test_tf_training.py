@@ -1,0 +1,86 @@
+"""Keras `fit` on the tf.data input over data made by `moderngpt2 pretokenize`, with the project's AdamW groups."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+if keras.backend.backend() != "tensorflow":
+    pytest.skip("Keras runs another backend in this process; these tests use TensorFlow", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).parent / "workers"))
+from train_assets import build_assets  # noqa: E402
+
+from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM  # noqa: E402
+from moderngpt2.data.loader import load_block_dataset  # noqa: E402
+from moderngpt2.errors import UserError  # noqa: E402
+from moderngpt2.tf import ModernGPT2ForCausalLM as KerasCausalLM  # noqa: E402
+from moderngpt2.tf.training import adamw, block_dataset, causal_lm_loss, decayed_variable_names  # noqa: E402
+from moderngpt2.training.optim import parameter_group_names  # noqa: E402
+
+TINY = dict(vocab_size=320, n_layer=2, n_embd=32, n_head=4, num_key_value_heads=2, head_dim=8, n_inner=64,
+            n_positions=32, final_logit_softcapping=30.0, attn_logit_softcapping=50.0, use_per_layer_embedding=True,
+            per_layer_vocab_size=48, per_layer_hidden_size=8, per_layer_combination_method="gated")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return str(build_assets(tmp_path_factory.mktemp("assets"))["data"])
+
+
+@pytest.fixture(scope="module")
+def torch_model():
+    torch.manual_seed(0)
+    return ModernGPT2ForCausalLM(ModernGPT2Config(**TINY))
+
+
+def test_dataset_yields_the_blocks_the_torch_loader_reads(data):
+    dataset = block_dataset(data, "validation", batch_size=4, shuffle_buffer=0)
+    blocks = load_block_dataset(data, "validation")
+    assert int(dataset.cardinality()) == len(blocks) // 4  # known to Keras: steps per epoch, no end-of-data warning
+    inputs, labels = next(iter(dataset))
+    expected = np.stack([blocks[i]["input_ids"].numpy() for i in range(4)])
+    np.testing.assert_array_equal(inputs.numpy(), expected)
+    np.testing.assert_array_equal(labels.numpy(), expected)
+
+
+def test_weight_decay_groups_equal_the_torch_optimizer_groups(torch_model):
+    keras_model = KerasCausalLM(TINY | {"model_type": "moderngpt2"})
+    groups = parameter_group_names(torch_model)
+    torch_decayed = set(groups["decay"] + groups.get("per_layer_decay", []))
+    assert decayed_variable_names(keras_model) == torch_decayed
+    optimizer = adamw(keras_model)
+    assert (optimizer.beta_1, optimizer.beta_2, optimizer.epsilon, optimizer.weight_decay) == (0.9, 0.95, 1e-8, 0.01)
+    for name, (variable, _) in keras_model.named_variables().items():
+        if variable.trainable:
+            assert optimizer._use_weight_decay(variable) == (name in torch_decayed), name
+
+
+def test_a_few_steps_of_fit_lower_the_loss(data, torch_model, tmp_path):
+    torch_model.save_pretrained(tmp_path)
+    model = KerasCausalLM.from_pretrained(str(tmp_path))
+    held_out, _ = next(iter(block_dataset(data, "validation", batch_size=16, shuffle_buffer=0)))
+
+    def held_out_loss():
+        return float(tf.reduce_mean(causal_lm_loss(held_out, model(held_out))))
+
+    before = held_out_loss()
+    model.compile(optimizer=adamw(model, learning_rate=3e-3), loss=causal_lm_loss)
+    history = model.fit(block_dataset(data, batch_size=8), epochs=1, steps_per_epoch=12, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert held_out_loss() < before - 0.5
+
+
+def test_megatron_data_is_refused_with_a_user_error(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"format": "moderngpt2-pretokenized", "version": 1, "block_size": 8, '
+                                            '"tokenizer_fingerprint": "x", "storage": "megatron", '
+                                            '"splits": {"train": {"blocks": 1, "prefix": "train_text_document"}}}')
+    with pytest.raises(UserError, match="--format parquet"):
+        block_dataset(str(tmp_path))
