@@ -239,3 +239,18 @@ def test_per_layer_learning_rate_scale_applies_to_the_per_layer_parameters_alone
     for name, value in after.items():
         moved = np.abs(value - before[name]).max()
         assert (moved == 0) == any(part in name.split(".") for part in per_layer), name
+
+
+@pytest.mark.parametrize("pair", ["no_softcap"], indirect=True)
+def test_training_leaves_the_model_usable_until_written_back(pair):
+    jax_model = ModernGPT2ForCausalLM.from_pretrained(str(pair[3]))  # its own copy: it gets trained
+    ids = random_batch(rows=2, length=8, seed=9)
+    before = jax_model.token_nll(ids)
+    trainer = Trainer(jax_model, adamw(learning_rate=1e-2))
+    trainer.step(ids)
+    np.testing.assert_array_equal(jax_model.token_nll(ids), before)  # the step updated the trainer's copy alone
+    trainer.step(ids)
+    trained = trainer.write_back(jax_model).token_nll(ids)
+    assert trained.mean() < before.mean()
+    trainer.step(ids)
+    np.testing.assert_array_equal(jax_model.token_nll(ids), trained)
