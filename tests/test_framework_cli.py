@@ -88,3 +88,22 @@ def test_a_missing_extra_names_the_install_command(checkpoint, name, package, ca
     assert cli(["generate", "--model", str(checkpoint), "--prompt", "w5", "--framework", name]) == 2
     assert capsys.readouterr().err.strip() == (
         f"moderngpt2 generate: error: --framework {name} needs the {name} extra: pip install 'moderngpt2[{name}]'")
+
+def test_bench_generate_reports_the_jax_to_pytorch_ratio(tmp_path):
+    out = tmp_path / "bench.json"
+    assert cli(["bench", "generate", "--framework", "jax", "--size", "tiny", "--vocab-size", "128", "--device", "cpu",
+                "--dtype", "fp32", "--batch", "2", "--prompt-len", "6", "--new-tokens", "4", "--repeats", "1",
+                "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    results = report["results"]["2"]
+    assert set(results) == {"ours", "jax"} and results["jax"]["implementation"] == "moderngpt2.jax"
+    assert report["ratios"]["2"] == {"jax/ours": pytest.approx(results["jax"]["tokens_per_s"]
+                                                                / results["ours"]["tokens_per_s"])}
+
+
+def test_a_directory_of_another_model_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert cli(["evaluate", "--model", str(tmp_path), "--input", "x.txt", "--framework", "jax"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"moderngpt2 evaluate: error: {tmp_path}: cannot load the model: config.json has model_type='gpt2', "
+        "not 'moderngpt2'")

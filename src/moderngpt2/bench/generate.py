@@ -5,10 +5,14 @@ size (1 and 16 by default), with weights in bf16. Our model runs with the defaul
 ``ours-static``, with a static cache whose decode step transformers compiles on CUDA; Gemma2 runs the same
 two ways. One untimed call (compilation included) precedes the timed ones; tokens/s is batch × new tokens
 over the median time of a ``generate`` call, prefill included.
+
+``--framework jax`` instead runs our PyTorch model against ``moderngpt2.jax`` loaded from the same saved
+checkpoint (jitted, fixed-size KV cache) on the same prompts, and prints the JAX/PyTorch ratio.
 """
 
 import argparse
 import statistics
+import tempfile
 
 import torch
 
@@ -33,7 +37,7 @@ from .common import (
     write_json,
 )
 
-MODELS = ("ours", "ours-static", "ours-ple", "gemma2", "gemma2-static")
+MODELS = ("ours", "ours-static", "ours-ple", "gemma2", "gemma2-static", "jax")
 OURS = ("ours", "ours-static", "ours-ple")
 
 
@@ -50,6 +54,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "ours,gemma2 on the CPU; --per-layer adds ours-ple)")
     parser.add_argument("--gemma2-attn", "--gemma2_attn", choices=("eager", "flex_attention"), default="eager",
                         help="Gemma2's attention backend (default: eager, transformers' choice for Gemma2)")
+    parser.add_argument("--framework", choices=("torch", "jax"), default="torch",
+                        help="jax: compare moderngpt2.jax with our PyTorch model on one checkpoint (default: torch)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     resolve_run_settings(args)
@@ -58,6 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     default_models = "ours,ours-static,gemma2,gemma2-static" if args.device.type == "cuda" else "ours,gemma2"
+    if args.framework == "jax":
+        default_models = "ours,jax"
     args.models = parse_model_list(args.models or default_models, MODELS)
     if args.per_layer and "ours-ple" not in args.models:
         args.models.append("ours-ple")
@@ -66,23 +74,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def measure_generation(model: torch.nn.Module, args: argparse.Namespace, batch: int, static: bool) -> dict:
     """Median seconds of one greedy ``generate`` call that produces exactly ``args.new_tokens`` per sequence."""
-    device = args.device
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), generator=generator).to(device)
     settings = dict(
-        attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens, do_sample=False,
+        max_new_tokens=args.new_tokens, do_sample=False,
         # No end-of-sequence token: every call generates exactly new_tokens, so all models do the same work.
         eos_token_id=None, pad_token_id=0,
         cache_implementation="static" if static else None,
         # transformers compiles the decode step itself when the cache is static and the device is a GPU.
         disable_compile=not (static and args.compile),
     )
+
+    def generate(prompt):
+        prompt = prompt.to(args.device)
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+
+    return time_generation(generate, model.config.vocab_size, args, batch)
+
+
+def time_generation(generate, vocab_size: int, args: argparse.Namespace, batch: int) -> dict:
+    """Time `generate(prompt)` on random prompts (the same for every model): one untimed call, then the median."""
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    prompt = torch.randint(0, vocab_size, (batch, args.prompt_len), generator=generator)
     seconds = []
-    with DeviceTimer(device) as warmup:
-        model.generate(prompt, **settings)
+    with DeviceTimer(args.device) as warmup:
+        generate(prompt)
     for _ in range(args.repeats):
-        with DeviceTimer(device) as timed:
-            output = model.generate(prompt, **settings)
+        with DeviceTimer(args.device) as timed:
+            output = generate(prompt)
         seconds.append(timed.seconds)
     generated = output.shape[1] - args.prompt_len
     if generated != args.new_tokens:
@@ -93,12 +110,34 @@ def measure_generation(model: torch.nn.Module, args: argparse.Namespace, batch: 
         "ms_per_token": median / args.new_tokens * 1000,
         "seconds": median,
         "warmup_s": warmup.seconds,
-        "peak_memory_gib": peak_memory_gib(device),
+        "peak_memory_gib": peak_memory_gib(args.device),
     }
+
+
+def bench_jax(configs, args: argparse.Namespace) -> dict:
+    """moderngpt2.jax loaded from a checkpoint of our model (same config, seed and dtype as `ours`)."""
+    import jax
+
+    from ..frameworks import load_causal_lm
+
+    torch.manual_seed(args.seed)
+    with tempfile.TemporaryDirectory() as checkpoint:
+        build_model(configs.ours, None, torch.device("cpu")).to(DTYPES[args.dtype]).save_pretrained(checkpoint)
+        model = load_causal_lm("jax", checkpoint)
+    described = {"implementation": "moderngpt2.jax", "attn_implementation": f"xla-{jax.default_backend()}",
+                 "cache": "static", "compiled": True}
+
+    def generate(prompt):
+        return model.generate(prompt.numpy(), max_new_tokens=args.new_tokens, pad_token_id=0)
+
+    return {str(batch): {**described, **time_generation(generate, model.config["vocab_size"], args, batch)}
+            for batch in args.batch}
 
 
 def bench_model(name: str, configs, args: argparse.Namespace) -> dict:
     """Build one model once and measure it at every batch size; its results keyed by batch size."""
+    if name == "jax":
+        return bench_jax(configs, args)
     if name.startswith("ours"):
         config = configs.ours_per_layer if name == "ours-ple" else configs.ours
         model = build_model(config, args.ours_attn, args.device)
@@ -128,7 +167,9 @@ def ratios(by_batch: dict) -> dict:
     for batch, results in by_batch.items():
         speeds = {name: result["tokens_per_s"] for name, result in results.items() if "tokens_per_s" in result}
         table[batch] = {f"{ours}/{theirs}": ratio(speeds[ours], speeds[theirs])
-                        for ours in speeds if ours in OURS for theirs in speeds if theirs not in OURS}
+                        for ours in speeds if ours in OURS for theirs in speeds if theirs not in (*OURS, "jax")}
+        if "jax" in speeds and "ours" in speeds:
+            table[batch]["jax/ours"] = ratio(speeds["jax"], speeds["ours"])
     return table
 
 

@@ -12,6 +12,7 @@ the config (all 0 by default) are ignored.
 import functools
 import json
 import os
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -369,7 +370,7 @@ class ModernGPT2ForCausalLM(nnx.Module):
         with open(os.path.join(path, "config.json"), encoding="utf-8") as handle:
             raw = json.load(handle)
         if raw.get("model_type") != "moderngpt2":
-            raise ValueError(f"{path}: config.json has model_type={raw.get('model_type')!r}, not 'moderngpt2'")
+            raise ValueError(f"config.json has model_type={raw.get('model_type')!r}, not 'moderngpt2'")
         tensors = read_safetensors(path)
         abstract = nnx.eval_shape(lambda: cls(raw))
         graphdef, state = nnx.split(abstract)
@@ -377,12 +378,12 @@ class ModernGPT2ForCausalLM(nnx.Module):
         names = {checkpoint_name(key): key for key in flat}
         missing = sorted(set(names) - set(tensors))
         if missing:
-            raise ValueError(f"{path}: the checkpoint lacks {', '.join(missing[:5])}")
+            raise ValueError(f"the checkpoint lacks {', '.join(missing[:5])}")
         for name, key in names.items():
             variable = flat[key]
             array = tensors[name].T if key[-1] == "kernel" else tensors[name]
             if array.shape != variable.shape:
-                raise ValueError(f"{path}: {name} has shape {array.shape}, the config implies {variable.shape}")
+                raise ValueError(f"{name} has shape {array.shape}, the config implies {variable.shape}")
             target = jnp.int32 if isinstance(variable, Buffer) else (dtype or array.dtype)
             variable.set_value(jnp.asarray(array, dtype=target))
         model = nnx.merge(graphdef, nnx.from_flat_state(flat))
@@ -401,11 +402,10 @@ class ModernGPT2ForCausalLM(nnx.Module):
         config = {**getattr(self, "raw_config", {}), **self.config, "model_type": "moderngpt2",
                   "architectures": ["ModernGPT2ForCausalLM"]}
         config.pop("auto_map", None)  # the remote-code files are not written next to these weights
-        config["dtype"] = str(next(iter(tensors.values())).dtype) if tensors else "float32"
+        config["dtype"] = str(np.dtype(self.model.embed_tokens.embedding[...].dtype))
         save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=True)
-
 
     # ----------------------------------------------------------------------------------------- inference
 
@@ -413,8 +413,9 @@ class ModernGPT2ForCausalLM(nnx.Module):
         """Negative log-likelihood (B, S-1) float32 of input_ids[:, 1:] given their prefix (for perplexity)."""
         input_ids = jnp.asarray(np.asarray(input_ids), jnp.int32)
         mask = None if attention_mask is None else jnp.asarray(np.asarray(attention_mask), jnp.int32)
-        graphdef, state = nnx.split(self)
-        return np.asarray(_token_nll(graphdef, state, input_ids, mask), dtype=np.float32)
+        structure, leaves = split_for_jit(self)
+        token_nll = compiled_function(self, structure, "token_nll", _build_token_nll)
+        return np.asarray(token_nll(leaves, input_ids, mask), dtype=np.float32)
 
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens=20, do_sample=False, temperature=1.0,
                  top_k=0, top_p=1.0, seed=0, eos_token_id=None, pad_token_id=None):
@@ -432,7 +433,8 @@ class ModernGPT2ForCausalLM(nnx.Module):
         positions = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)
         sampling = (bool(do_sample), float(temperature), int(top_k), float(top_p))
         pad = eos_token_id if pad_token_id is None else pad_token_id
-        graphdef, state = nnx.split(self)
+        structure, leaves = split_for_jit(self)
+        decode_step = compiled_function(self, structure, sampling, _build_decode_step)
         cache = self.init_cache(batch, total)
         rng = jax.random.PRNGKey(seed)
         tokens, step_positions = input_ids, positions
@@ -442,9 +444,9 @@ class ModernGPT2ForCausalLM(nnx.Module):
         for index in range(max_new_tokens):
             rng, step_rng = jax.random.split(rng)
             slot = prompt_length + index - tokens.shape[1]
-            next_tokens, cache = _decode_step(graphdef, state, cache, jnp.asarray(tokens, jnp.int32),
-                                              jnp.asarray(step_positions, jnp.int32), key_valid,
-                                              jnp.asarray(slot, jnp.int32), step_rng, sampling)
+            next_tokens, cache = decode_step(leaves, cache, jnp.asarray(tokens, jnp.int32),
+                                             jnp.asarray(step_positions, jnp.int32), key_valid,
+                                             jnp.asarray(slot, jnp.int32), step_rng)
             next_tokens = np.asarray(next_tokens, dtype=np.int64)
             if eos_token_id is not None:
                 next_tokens = np.where(finished, pad, next_tokens)
@@ -457,23 +459,53 @@ class ModernGPT2ForCausalLM(nnx.Module):
         return output
 
 
-@jax.jit
-def _token_nll(graphdef, state, input_ids, attention_mask):
-    model = nnx.merge(graphdef, state)
-    position_ids = None
-    if attention_mask is not None:
-        position_ids = jnp.where(attention_mask == 0, 1, jnp.cumsum(attention_mask, axis=1) - 1)
-    logits, _ = model(input_ids, attention_mask, position_ids)
-    log_probs = jax.nn.log_softmax(upcast(logits[:, :-1]), axis=-1)
-    return -jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+def split_for_jit(model):
+    """(static structure, list of arrays): jitted calls then flatten plain arrays instead of an NNX state per call."""
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    return (graphdef, treedef), leaves
 
 
-@functools.partial(jax.jit, static_argnames=("sampling",), donate_argnames=("cache",))
-def _decode_step(graphdef, state, cache, tokens, position_ids, key_valid, cache_index, rng, sampling):
-    """Run `tokens` (B, S) at slots cache_index.. and pick the next token of every row."""
-    model = nnx.merge(graphdef, state)
-    logits, cache = model(tokens, key_valid, position_ids, cache, cache_index)
-    return next_token(upcast(logits[:, -1]), rng, *sampling), cache
+def merge_from_jit(structure, leaves):
+    graphdef, treedef = structure
+    return nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
+
+
+# model -> {kind: (structure, jitted function)}: a jitted closure over the model's structure is built once, so that
+# each call passes plain arrays and jax hashes nothing but their shapes (an NNX state costs milliseconds per call).
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def compiled_function(model, structure, kind, build):
+    functions = _COMPILED.setdefault(model, {})
+    if kind not in functions or functions[kind][0] != structure:
+        functions[kind] = (structure, build(structure, kind))
+    return functions[kind][1]
+
+
+def _build_token_nll(structure, _):
+    @jax.jit
+    def token_nll(leaves, input_ids, attention_mask):
+        model = merge_from_jit(structure, leaves)
+        position_ids = None
+        if attention_mask is not None:
+            position_ids = jnp.where(attention_mask == 0, 1, jnp.cumsum(attention_mask, axis=1) - 1)
+        logits, _ = model(input_ids, attention_mask, position_ids)
+        log_probs = jax.nn.log_softmax(upcast(logits[:, :-1]), axis=-1)
+        return -jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+
+    return token_nll
+
+
+def _build_decode_step(structure, sampling):
+    @functools.partial(jax.jit, donate_argnums=1)
+    def decode_step(leaves, cache, tokens, position_ids, key_valid, cache_index, rng):
+        """Run `tokens` (B, S) at slots cache_index.. and pick the next token of every row."""
+        model = merge_from_jit(structure, leaves)
+        logits, cache = model(tokens, key_valid, position_ids, cache, cache_index)
+        return next_token(upcast(logits[:, -1]), rng, *sampling), cache
+
+    return decode_step
 
 
 def next_token(logits, rng, do_sample, temperature, top_k, top_p):
@@ -512,7 +544,7 @@ def read_safetensors(path):
         return load_file(single)
     index_path = single + ".index.json"
     if not os.path.isfile(index_path):
-        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+        raise FileNotFoundError("neither model.safetensors nor model.safetensors.index.json is there")
     with open(index_path, encoding="utf-8") as handle:
         shards = sorted(set(json.load(handle)["weight_map"].values()))
     tensors = {}
