@@ -106,7 +106,10 @@ def test_checkpoint_carries_self_contained_code(checkpoints):
     config = json.loads((directory / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_moderngpt2.ModernGPT2Config",
+        "AutoModel": "modeling_moderngpt2.ModernGPT2Model",
         "AutoModelForCausalLM": "modeling_moderngpt2.ModernGPT2ForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_moderngpt2.ModernGPT2ForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_moderngpt2.ModernGPT2ForTokenClassification",
     }
     copied = {path.stem for path in directory.glob("*.py")}
     assert {"configuration_moderngpt2", "modeling_moderngpt2"} <= copied
@@ -145,6 +148,16 @@ def test_loads_without_the_package_via_trust_remote_code(checkpoints, tmp_path):
         assert loaded["model_class"].startswith("transformers_modules.")
         assert loaded["model_class"].endswith("modeling_moderngpt2.ModernGPT2ForCausalLM")
         assert loaded["equal"], f"{name}: max |logit diff| {loaded['max_abs_diff']:.3e}"
+        # every Auto class the package registers resolves to the checkpoint's own code
+        assert loaded["base_model_class"].startswith("transformers_modules.")
+        assert loaded["base_model_class"].endswith("modeling_moderngpt2.ModernGPT2Model") and loaded["base_equal"]
+        for auto_name, kind in (("AutoModelForSequenceClassification", "SequenceClassification"),
+                                ("AutoModelForTokenClassification", "TokenClassification")):
+            head = loaded["heads"][auto_name]
+            assert head["class"].startswith("transformers_modules.")
+            assert head["class"].endswith(f"modeling_moderngpt2.ModernGPT2For{kind}")
+        assert loaded["heads"]["AutoModelForSequenceClassification"]["logits_shape"] == [2, 3]
+        assert loaded["heads"]["AutoModelForTokenClassification"]["logits_shape"] == [2, 10, 3]
         if model.config.use_per_layer_embedding:
             assert loaded["token_map"] == model.model.per_layer_token_map.tolist()
 

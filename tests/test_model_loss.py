@@ -145,6 +145,14 @@ def test_shift_labels_are_used_as_given_and_never_shifted_again():
     assert abs(shifted_twice - reference) > 1e-3
 
 
+def test_the_trainer_sees_labels_as_the_only_label_column():
+    # The Trainer takes every named forward parameter containing "label" as a label column and computes no eval
+    # loss when a batch lacks one, so shift_labels must stay a keyword read from kwargs.
+    from transformers.utils import find_labels
+
+    assert find_labels(ModernGPT2ForCausalLM) == ["labels"]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_under_bf16_autocast_the_fused_loss_matches_and_holds_less_memory():

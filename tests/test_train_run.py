@@ -137,6 +137,43 @@ def test_final_model_and_tokenizer_load_with_auto_classes(trained, assets):
     assert model.config.per_layer_vocab_size == vocab["per_layer_vocab_size"]
 
 
+def test_final_directory_is_hub_ready(trained, assets):
+    """Model card with the run's own numbers, generation ids, use_cache, a bounded portable tokenizer, no pickle."""
+    from transformers import AutoTokenizer
+
+    final = trained / "final"
+    assert not (final / "training_args.bin").exists() and not list(final.glob("*.bin"))
+    config = json.loads((final / "config.json").read_text())
+    assert config["use_cache"] is True
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    generation = json.loads((final / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == tokenizer.eos_token_id is not None
+    assert generation["pad_token_id"] == tokenizer.pad_token_id is not None
+    assert tokenizer.model_max_length == config["n_positions"] == 32
+    tokenizer_config = json.loads((final / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast" and "backend" not in tokenizer_config
+    original = load_tokenizer(str(assets["tokenizer"]))
+    for role in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        assert getattr(tokenizer, role) == getattr(original, role)
+        token = getattr(tokenizer, role)
+        assert tokenizer(f"a{token}b")["input_ids"] == original(f"a{token}b")["input_ids"]
+        assert tokenizer.convert_tokens_to_ids(token) == original.convert_tokens_to_ids(token)
+
+    card = (final / "README.md").read_text()
+    last_eval = [entry for entry in log_history(trained) if "eval_loss" in entry][-1]
+    assert f"held-out perplexity: {math.exp(last_eval['eval_loss']):.4f} (step 6)" in card
+    assert "- tokens seen: 768" in card  # 6 steps x 4 blocks x 32 tokens
+    assert "- optimizer steps: 6" in card and str(assets["data"]) in card
+    assert "per-layer embeddings" in card and f"{sum(p.numel() for p in _final_model(final).parameters()):,}" in card
+    assert "moderngpt2 train --tokenizer_path" in card and "--per-layer-combination-method gated" in card
+
+
+def _final_model(final):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(final)
+
+
 def test_evaluate_reports_the_trainers_held_out_perplexity(trained, assets, capsys, tmp_path):
     final_eval = [entry for entry in log_history(trained) if "eval_loss" in entry][-1]
     result = tmp_path / "eval.json"

@@ -136,8 +136,10 @@ def build_attention_masks(layer_types, attention_mask, past_key_values, past_see
             "attention_mask must be 2-D (batch, key positions) with 1 for tokens and 0 for padding, "
             f"got shape {tuple(attention_mask.shape)}"
         )
-    if attention_mask is not None and bool(attention_mask.all()):
-        attention_mask = None  # nothing padded: lets sdpa keep its causal fast path
+    if attention_mask is not None and not torch.compiler.is_compiling() and bool(attention_mask.all()):
+        # nothing padded: lets sdpa keep its causal fast path. Not under compile or export, where a branch on the
+        # mask's values would break the graph (or fail the export); the mask is then simply applied.
+        attention_mask = None
     query_slots = torch.arange(seq_len, device=device) + past_seen
     past_is_known_empty = not torch.is_tensor(past_seen) and past_seen == 0
     if document_ids is not None and document_ids.shape[-1] != seq_len:
@@ -214,7 +216,8 @@ def sdpa_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
         dropout_p=dropout,
         is_causal=is_causal,
         scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
+        # a Python bool even under tracing, where shapes are tensors (head counts are fixed, so it is a constant)
+        enable_gqa=bool(query.shape[1] != key.shape[1]),
     )  # (B, H, Q, D)
     return output.transpose(1, 2), None
 

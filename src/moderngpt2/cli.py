@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "generate": ("moderngpt2.generate", "generate text from a checkpoint"),
     "info": ("moderngpt2.info", "parameter counts and config of a preset or checkpoint"),
     "convert-gemma2": ("moderngpt2.convert", "convert a transformers Gemma2 checkpoint to ModernGPT2"),
+    "export": ("moderngpt2.export.command", "export a checkpoint as a standard Gemma2 directory or a GGUF file"),
     "bench": ("moderngpt2.bench", "benchmarks: train, generate, pretokenize"),
 }
 

@@ -20,6 +20,15 @@ MODEL_SIZE_PRESETS = {
 # Used when neither a preset nor an explicit value is given: the `small` shape.
 DEFAULT_SHAPE = MODEL_SIZE_PRESETS["small"]
 
+# Every Auto class the package registers. A saved config carries all of them, so a checkpoint loads through
+# each with `trust_remote_code=True` (save_pretrained on its own writes only the saving class's entry).
+AUTO_MAP = {
+    "AutoConfig": "configuration_moderngpt2.ModernGPT2Config",
+    "AutoModel": "modeling_moderngpt2.ModernGPT2Model",
+    "AutoModelForCausalLM": "modeling_moderngpt2.ModernGPT2ForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_moderngpt2.ModernGPT2ForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_moderngpt2.ModernGPT2ForTokenClassification",
+}
 LAYER_TYPES = ("full_attention", "sliding_attention")
 PER_LAYER_COMBINATION_METHODS = ("scaled_add", "concat", "gated")
 PER_LAYER_GATE_ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "relu")
@@ -187,6 +196,7 @@ class ModernGPT2Config(PreTrainedConfig):
         self.per_layer_projection_dropout = per_layer_projection_dropout
         # Validated before transformers' own checks, so a user sees the message naming our field first.
         self.validate_moderngpt2()
+        kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
 
     def validate_moderngpt2(self):

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -81,34 +82,50 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 
+# The reverse direction, for `moderngpt2 export --format gemma2`.
+GEMMA2_KEY_MAP = {ours: theirs for theirs, ours in KEY_MAP.items()}
+
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def _translate_key(key: str, table: dict[str, str], checkpoint_kind: str) -> str:
+    match = _LAYER_INDEX.search(key)
+    template = key.replace(match.group(0), ".{}.", 1) if match else key
+    if template not in table:
+        raise UserError(f"tensor '{key}' is not part of a {checkpoint_kind} checkpoint; nothing was written")
+    return table[template].format(match.group(1)) if match else table[template]
 
 
 def to_moderngpt2_key(gemma2_key: str) -> str:
     """Map one Gemma2 tensor name to its ModernGPT2 name (UserError for a name Gemma2 does not have)."""
-    match = _LAYER_INDEX.search(gemma2_key)
-    template = gemma2_key.replace(match.group(0), ".{}.", 1) if match else gemma2_key
-    if template not in KEY_MAP:
-        raise UserError(f"tensor '{gemma2_key}' is not part of a Gemma2ForCausalLM checkpoint; nothing was written")
-    return KEY_MAP[template].format(match.group(1)) if match else KEY_MAP[template]
+    return _translate_key(gemma2_key, KEY_MAP, "Gemma2ForCausalLM")
 
 
-def read_gemma2_config(src: Path):
-    """Load SRC/config.json as a transformers ``Gemma2Config`` (its defaults fill fields the file omits)."""
-    from transformers import Gemma2Config
+def to_gemma2_key(moderngpt2_key: str) -> str:
+    """Map one ModernGPT2 tensor name to its Gemma2 name (UserError for a name Gemma2 has no place for)."""
+    return _translate_key(moderngpt2_key, GEMMA2_KEY_MAP, "Gemma2-compatible ModernGPT2")
 
+
+def read_checkpoint_config(src: Path, config_class, model_type: str, kind: str, hint: str):
+    """Load SRC/config.json as ``config_class`` (its defaults fill fields the file omits); UserError for a
+    missing file, another model type or an invalid config."""
     config_path = src / "config.json"
     if not config_path.is_file():
         raise UserError(f"{src} is not a checkpoint directory: {config_path} is missing")
     raw = read_json_object(config_path, "checkpoint config")
-    if raw.get("model_type") != "gemma2":
-        raise UserError(
-            f"{config_path}: model_type is {raw.get('model_type')!r}, expected 'gemma2'; give a Gemma2 checkpoint directory"
-        )
+    if raw.get("model_type") != model_type:
+        raise UserError(f"{config_path}: model_type is {raw.get('model_type')!r}, expected {model_type!r}; {hint}")
     try:
-        return Gemma2Config.from_dict(raw)
+        return config_class.from_dict(raw)
     except (TypeError, ValueError) as error:
-        raise UserError(f"{config_path}: invalid Gemma2 config ({error})") from None
+        raise UserError(f"{config_path}: invalid {kind} config ({error})") from None
+
+
+def read_gemma2_config(src: Path):
+    """Load SRC/config.json as a transformers ``Gemma2Config``."""
+    from transformers import Gemma2Config
+
+    return read_checkpoint_config(src, Gemma2Config, "gemma2", "Gemma2", "give a Gemma2 checkpoint directory")
 
 
 def moderngpt2_config_kwargs(gemma2_config) -> dict:
@@ -141,7 +158,7 @@ def shard_files(src: Path) -> list[str]:
         files = ["model.safetensors"]
     else:
         raise UserError(
-            f"{src} has no model.safetensors (or model.safetensors.index.json); re-save the Gemma2 model with "
+            f"{src} has no model.safetensors (or model.safetensors.index.json); re-save the model with "
             "save_pretrained(..., safe_serialization=True) first"
         )
     for name in files:
@@ -150,10 +167,11 @@ def shard_files(src: Path) -> list[str]:
     return files
 
 
-def check_tensor_names(src: Path, files: list[str], model) -> dict[str, str]:
-    """Validate every tensor's name and shape against ``model`` (built on the meta device).
+def check_tensor_names(src: Path, files: list[str], model, translate=to_moderngpt2_key) -> dict[str, str]:
+    """Validate every tensor's name and shape against ``model`` (the target class, built on the meta device).
 
-    Returns the Gemma2 -> ModernGPT2 name map. A tied LM head stored in the checkpoint is dropped.
+    Returns the stored name -> target name map (``translate`` maps one name). A tied LM head stored in the
+    checkpoint is dropped.
     """
     tied = model.config.tie_word_embeddings
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items() if not name.endswith("_token_map")}
@@ -163,7 +181,7 @@ def check_tensor_names(src: Path, files: list[str], model) -> dict[str, str]:
     for file in files:
         with safe_open(src / file, framework="pt") as shard:
             for key in shard.keys():
-                target = to_moderngpt2_key(key)
+                target = translate(key)
                 if target == "lm_head.weight" and tied:
                     continue
                 shape = tuple(shard.get_slice(key).get_shape())
@@ -228,6 +246,27 @@ def write_metadata(src: Path, out: Path, model) -> None:
             shutil.copy2(src / name, out / name)
 
 
+@contextmanager
+def staged_output(dst: Path, overwrite: bool):
+    """Yield an empty directory beside ``dst`` that replaces ``dst`` only once the block completes.
+
+    An existing non-empty ``dst`` is refused unless ``overwrite``; on any error the staging directory is
+    removed and ``dst`` is left as it was.
+    """
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+        raise UserError(f"{dst} exists and is not empty; choose another output directory or pass --overwrite")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        yield staging
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(staging, dst)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def convert_gemma2(src, dst, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """Convert the Gemma2 checkpoint directory ``src`` into a ModernGPT2 checkpoint directory ``dst``."""
     from .configuration_moderngpt2 import ModernGPT2Config
@@ -236,8 +275,6 @@ def convert_gemma2(src, dst, dtype: torch.dtype | None = None, overwrite: bool =
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UserError(f"{src} is not a directory; give a Gemma2 checkpoint directory")
-    if dst.exists() and any(dst.iterdir()) and not overwrite:
-        raise UserError(f"{dst} exists and is not empty; choose another output directory or pass --overwrite")
     try:
         config = ModernGPT2Config(**moderngpt2_config_kwargs(read_gemma2_config(src)))
     except ValueError as error:
@@ -248,17 +285,9 @@ def convert_gemma2(src, dst, dtype: torch.dtype | None = None, overwrite: bool =
         model = ModernGPT2ForCausalLM(config)
     names = check_tensor_names(src, files, model)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
+    with staged_output(dst, overwrite) as staging:
         write_shards(src, files, names, staging, dtype)
         write_metadata(src, staging, model)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(staging, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return dst
 
 

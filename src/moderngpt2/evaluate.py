@@ -7,6 +7,7 @@ log-likelihood per predicted token over all blocks (token-weighted, not an avera
 
     moderngpt2 evaluate --model out/final --input data/pretokenized
     moderngpt2 evaluate --model out/final --input heldout.jsonl --block_size 512
+    moderngpt2 evaluate --model out/final --tasks hellaswag,arc_easy --limit 100   # lm-evaluation-harness
 """
 
 import argparse
@@ -20,13 +21,14 @@ from tqdm.auto import tqdm
 from .data.arguments import add_flag
 from .errors import UserError
 from .frameworks import FRAMEWORKS, check_torch_only_flags, load_causal_lm
+from .harness import add_harness_flags, prepare_harness, run_harness
 from .training.inference import DTYPES, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
     add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
-    add_flag(parser, "--input", nargs="+", required=True,
+    add_flag(parser, "--input", nargs="+", default=None,
              help="a pretokenized directory or Megatron prefix, or text files/directories/`datasets` sources")
     add_flag(parser, "--split", default="validation", help="split of pretokenized data (default validation)")
     add_flag(parser, "--per-layer-data-path", default=None, help="explicit per-layer id streams of pretokenized data")
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--output_json", default=None, help="also write the numbers to this JSON file")
     add_flag(parser, "--framework", choices=FRAMEWORKS, default="torch",
              help="implementation to run: torch (default), jax or tf (needs the extra of the same name)")
+    add_harness_flags(parser)
     return parser
 
 
@@ -154,6 +157,16 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
+    if (args.input is None) == (args.tasks is None):
+        raise UserError("give either --input (perplexity on held-out text) or --tasks (lm-evaluation-harness)")
+    if args.tasks is not None:
+        if args.framework != "torch":
+            raise UserError(f"--tasks runs the PyTorch model through lm-evaluation-harness; "
+                            f"drop --framework {args.framework}")
+        prepared = prepare_harness(args)
+        model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
+        run_harness(args, prepared, model, tokenizer)
+        return 0
     score_batch, n_positions, tokenizer = load_for_evaluation(args)
     block_size = args.block_size or n_positions
     if block_size < 2:

@@ -22,7 +22,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
     TokenClassifierOutput,
 )
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils import can_return_tuple
 
 from .attention_moderngpt2 import (
@@ -145,6 +145,10 @@ class ModernGPT2Attention(nn.Module):
         self.attn_logit_softcapping = config.attn_logit_softcapping
         self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
         self.attention_dropout = config.attention_dropout
+        # What transformers' attention functions read from the module they are given (see `registered_attention`).
+        self.config = config
+        self.is_causal = True
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
@@ -163,16 +167,14 @@ class ModernGPT2Attention(nn.Module):
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)  # (B, Hkv, K, D)
 
-        output, weights = ATTENTION_BACKENDS[attn_backend](
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling=self.scaling,
-            softcap=self.attn_logit_softcapping,
-            sliding_window=self.sliding_window,
-            dropout=self.attention_dropout if self.training else 0.0,
-        )  # (B, S, Hq, D)
+        quirks = dict(scaling=self.scaling, softcap=self.attn_logit_softcapping, sliding_window=self.sliding_window,
+                      dropout=self.attention_dropout if self.training else 0.0)
+        if attn_backend in ATTENTION_BACKENDS:
+            output, weights = ATTENTION_BACKENDS[attn_backend](query, key, value, attention_mask, **quirks)
+        else:  # a function registered with transformers' AttentionInterface, e.g. by vLLM's Transformers backend
+            output, weights = ALL_ATTENTION_FUNCTIONS[attn_backend](
+                self, query, key, value, attention_mask.dense(self.sliding_window), **quirks, **kwargs
+            )  # (B, S, Hq, D)
         output = self.o_proj(output.reshape(*input_shape, -1).contiguous())  # (B, S, H)
         return output, weights
 
@@ -271,12 +273,26 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
             attention_mask=attention_mask,
             attn_backend=attn_backend,
             cache=cache,
+            **kwargs,
         )
         hidden_states = residual + self.resid_dropout(self.post_attention_layernorm(hidden_states))
         residual = hidden_states
         hidden_states = self.mlp(self.pre_feedforward_layernorm(hidden_states))
         hidden_states = residual + self.resid_dropout(self.post_feedforward_layernorm(hidden_states))
         return hidden_states, attn_weights
+
+
+def registered_attention(name) -> bool:
+    """True for an attention function registered with transformers' AttentionInterface from outside transformers.
+
+    It is called like transformers' own: `(module, query, key, value, attention_mask, *, scaling, dropout,
+    softcap, sliding_window, **kwargs)` with a boolean mask `(B or 1, 1, Q, K)`, True where a query may
+    attend. transformers' built-in functions expect their own mask formats, so this package's backends
+    stand in for those names.
+    """
+    if not isinstance(name, str) or name in ATTENTION_BACKENDS or name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
+        return False
+    return not getattr(ALL_ATTENTION_FUNCTIONS[name], "__module__", "").startswith("transformers.")
 
 
 class ModernGPT2PreTrainedModel(PreTrainedModel):
@@ -289,7 +305,9 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
-    _supports_attention_backend = False  # attention dispatches through this package's own registry
+    # Attention runs through this package's backends (`attention_moderngpt2.py`), or through any function
+    # registered with transformers' AttentionInterface under another name (vLLM's Transformers backend).
+    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -339,7 +357,8 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         if requested_attention is None or still_automatic:
             config._attn_implementation_autoset = True
             return select_attention_backend(config, "cpu", query_length=None, has_cache=False, training=False)
-        check_attention_backend(requested_attention, config)
+        if not registered_attention(requested_attention):
+            check_attention_backend(requested_attention, config)
         config._attn_implementation_autoset = False
         return requested_attention
 
@@ -525,6 +544,7 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
                 attn_backend=attn_backend,
                 position_embeddings=position_embeddings,
                 cache=cache,
+                **kwargs,
             )
             if output_attentions:
                 all_attentions += (attn_weights,)
@@ -578,14 +598,15 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         logits_to_keep=0,
         num_items_in_batch=None,
         return_logits=None,
-        shift_labels=None,
         past_key_values=None,
         **kwargs,
     ):
         r"""
         labels: token ids, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
-        shift_labels: targets already shifted (transformers' convention, used by context parallelism): position t
-            predicts shift_labels[t]. When given they are used as they are, and `labels` is not shifted again.
+        shift_labels (keyword): targets already shifted (transformers' convention, used by context parallelism):
+            position t predicts shift_labels[t]. When given they are used as they are, and `labels` is not shifted
+            again. It is read from `kwargs`, as in transformers' own models: the Trainer treats every named forward
+            parameter containing "label" as a label column, and would then compute no eval loss without it.
         num_items_in_batch: when given (the Trainer does), the loss is sum / num_items_in_batch, so gradient
             accumulation over micro-batches is exact; otherwise the mean over non-ignored tokens.
         return_logits: with labels, the loss is the fused linear cross-entropy (LM head, softcap and loss in
@@ -593,6 +614,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
             full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well (the naive
             path). Without labels, logits are always returned.
         """
+        shift_labels = kwargs.pop("shift_labels", None)
         wants_loss = labels is not None or shift_labels is not None
         if wants_loss and use_cache is None:
             use_cache = False

@@ -32,7 +32,13 @@ def main():
         importable = False
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     torch.set_num_threads(request["threads"])
     results = {"moderngpt2_importable": importable, "checkpoints": {}}
@@ -44,7 +50,18 @@ def main():
         with torch.no_grad():
             logits = model(**inputs).logits
         token_map = getattr(model.model, "per_layer_token_map", None)
+        base = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+        heads = {}
+        with torch.no_grad():
+            base_equal = torch.equal(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
+            for auto_class in (AutoModelForSequenceClassification, AutoModelForTokenClassification):
+                head = auto_class.from_pretrained(checkpoint, trust_remote_code=True, num_labels=3).eval()
+                heads[auto_class.__name__] = {"class": f"{type(head).__module__}.{type(head).__name__}",
+                                              "logits_shape": list(head(**inputs).logits.shape)}
         results["checkpoints"][name] = {
+            "base_model_class": f"{type(base).__module__}.{type(base).__name__}",
+            "base_equal": base_equal,
+            "heads": heads,
             "config_class": f"{type(config).__module__}.{type(config).__name__}",
             "model_class": f"{type(model).__module__}.{type(model).__name__}",
             "max_abs_diff": (logits - reference).abs().max().item(),

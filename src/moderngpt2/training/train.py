@@ -28,6 +28,7 @@ from .callbacks import (
 )
 from .checkpoints import last_complete_checkpoint, resolve_resume
 from .data import load_training_data
+from .final_checkpoint import finalize
 from .model_setup import build_config, check_block_size, load_model, per_layer_token_map
 from .plots import plot_loss_curves
 from .trainer import NonFiniteLossError, PretrainingTrainer
@@ -146,9 +147,9 @@ def build_trainer(model, tokenizer, data, model_args, per_layer_args, training_a
     return trainer
 
 
-def finish(trainer, data, output_dir: str):
-    """Evaluate the final weights (unless that just happened), keep the log history, save model and tokenizer,
-    plot the loss curve."""
+def finish(trainer, data, output_dir: str, argv: list[str], data_path: str | None):
+    """Evaluate the final weights (unless that just happened), keep the log history, save model and tokenizer
+    (hub-ready: model card, generation config), plot the loss curve."""
     evaluated_last_step = any("eval_loss" in entry and entry.get("step") == trainer.state.global_step
                               for entry in trainer.state.log_history)
     if data.eval is not None and not evaluated_last_step:
@@ -157,6 +158,11 @@ def finish(trainer, data, output_dir: str):
     final_dir = os.path.join(output_dir, "final")
     trainer.save_model(final_dir)
     if trainer.is_world_process_zero():
+        held_out = f", {len(data.eval):,} held out" if data.eval is not None else ""
+        finalize(final_dir, trainer.model, trainer.processing_class, argv,
+                 f"{data_path} ({len(data.train):,} blocks of {data.block_size} tokens{held_out})",
+                 trainer.throughput.tokens_per_step * trainer.state.global_step, trainer.state.global_step,
+                 trainer.state.log_history)
         logger.info("final model and tokenizer saved to %s", final_dir)
         if any("loss" in entry for entry in trainer.state.log_history):
             curve = plot_loss_curves(trainer.state.log_history, os.path.join(output_dir, "loss_curve.png"),
@@ -205,6 +211,6 @@ def main(argv: list[str]) -> int:
             f"{last or 'none yet'}. Lower --learning_rate or check the data, then resume with "
             "--resume_from_checkpoint last"
         ) from error
-    finish(trainer, data, training_args.output_dir)
+    finish(trainer, data, training_args.output_dir, argv, data_args.pre_tokenized_dataset_path)
     release_process_group()
     return 0
