@@ -157,6 +157,8 @@ def test_loads_without_the_package_via_trust_remote_code(checkpoints, tmp_path):
         assert loaded["model_class"].endswith("modeling_moderngpt2.ModernGPT2ForCausalLM")
         assert loaded["equal"], f"{name}: max |logit diff| {loaded['max_abs_diff']:.3e}"
         # every Auto class the package registers resolves to the checkpoint's own code
+        assert loaded["auto_map"] == ["AutoConfig", "AutoModel", "AutoModelForCausalLM",
+                                      "AutoModelForSequenceClassification", "AutoModelForTokenClassification"]
         assert loaded["base_model_class"].startswith("transformers_modules.")
         assert loaded["base_model_class"].endswith("modeling_moderngpt2.ModernGPT2Model") and loaded["base_equal"]
         for auto_name, kind in (("AutoModelForSequenceClassification", "SequenceClassification"),
@@ -212,5 +214,6 @@ def test_release_checkpoint_loads_via_trust_remote_code_and_a_resaved_copy_gener
     result = load_without_the_package({"release": RELEASE, "resaved": resaved}, tmp_path / "load")
     release, copy = result["checkpoints"]["release"], result["checkpoints"]["resaved"]
     assert release["equal"] and copy["equal"]
+    assert release["auto_map"] == ["AutoConfig", "AutoModelForCausalLM"] and copy["base_equal"]
     assert copy["generated"] == greedy["tokens"] and copy["generation_equals_recomputation"]
     assert release["generation_equals_recomputation"] == (CACHE_NAME == "past_key_values")

@@ -249,3 +249,16 @@ def test_weights_that_do_not_fit_the_config_are_a_user_error(pair, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "use_per_layer_embedding": True}))
     with pytest.raises(UserError, match="missing"):
         KerasCausalLM.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("pair", ["ple-concat-window-mqa"], indirect=True)
+def test_a_bfloat16_checkpoint_loads_widened_exactly(pair, tmp_path):
+    _, model, _, directory = pair
+    half = ModernGPT2ForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    half.save_pretrained(tmp_path)
+    widened = KerasCausalLM.from_pretrained(str(tmp_path))
+    state = half.state_dict()
+    for name, (variable, transposed) in widened.named_variables().items():
+        expected = state[name].float() if state[name].is_floating_point() else state[name]
+        np.testing.assert_array_equal(variable.numpy().T if transposed else variable.numpy(), expected.numpy(),
+                                      err_msg=name)

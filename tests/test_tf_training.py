@@ -1,5 +1,7 @@
 """Keras `fit` on the tf.data input over data made by `moderngpt2 pretokenize`, with the project's AdamW groups."""
 
+import copy
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ from moderngpt2.data.loader import load_block_dataset  # noqa: E402
 from moderngpt2.errors import UserError  # noqa: E402
 from moderngpt2.tf import ModernGPT2ForCausalLM as KerasCausalLM  # noqa: E402
 from moderngpt2.tf.training import adamw, block_dataset, causal_lm_loss, decayed_variable_names  # noqa: E402
-from moderngpt2.training.optim import parameter_group_names  # noqa: E402
+from moderngpt2.training.optim import build_parameter_groups, parameter_group_names  # noqa: E402
 
 TINY = dict(vocab_size=320, n_layer=2, n_embd=32, n_head=4, num_key_value_heads=2, head_dim=8, n_inner=64,
             n_positions=32, final_logit_softcapping=30.0, attn_logit_softcapping=50.0, use_per_layer_embedding=True,
@@ -61,6 +63,40 @@ def test_weight_decay_groups_equal_the_torch_optimizer_groups(torch_model):
     for name, (variable, _) in keras_model.named_variables().items():
         if variable.trainable:
             assert optimizer._use_weight_decay(variable) == (name in torch_decayed), name
+
+
+def test_one_adamw_step_matches_the_torch_optimizer_of_moderngpt2_train(torch_model, tmp_path):
+    """Same decay groups, weight decay and gradient clipping as `moderngpt2 train`: one step, the same weights.
+
+    Adam's first step is lr * g / (|g| + eps). Keras adds its eps to sqrt(v) before the bias correction, which at
+    step 1 is PyTorch's eps times sqrt(1 - beta_2), so the two are given matching values; eps is 1e-4 so that
+    gradients near float32 noise do not move by a large share of lr.
+    """
+    torch_model.save_pretrained(tmp_path)
+    keras_model = KerasCausalLM.from_pretrained(str(tmp_path))
+    ids = np.random.default_rng(0).integers(0, TINY["vocab_size"], size=(2, 16))
+    # a weight decay this large moves a decayed weight by lr * 0.5 * |w| ~ 1e-5, far above the tolerance
+    learning_rate, weight_decay = 1e-3, 0.5
+    reference = copy.deepcopy(torch_model).train()
+    optimizer = torch.optim.AdamW(build_parameter_groups(reference, learning_rate, weight_decay), betas=(0.9, 0.95),
+                                  eps=1e-4)
+    reference(torch.from_numpy(ids), labels=torch.from_numpy(ids)).loss.backward()
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+    optimizer.step()
+
+    keras_optimizer = adamw(keras_model, learning_rate=learning_rate, weight_decay=weight_decay,
+                            epsilon=1e-4 * math.sqrt(1 - 0.95))
+    variables = keras_model.trainable_variables
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(causal_lm_loss(ids, keras_model(ids.astype(np.int32), training=True)))
+    keras_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    before, after = torch_model.state_dict(), reference.state_dict()
+    for name, (variable, transposed) in keras_model.named_variables().items():
+        if not variable.trainable:
+            continue
+        value = variable.numpy().T if transposed else variable.numpy()
+        assert np.abs(after[name].numpy() - before[name].numpy()).max() > 0.1 * learning_rate, name  # it moved
+        assert np.abs(value - after[name].numpy()).max() < 1e-3 * learning_rate, name
 
 
 def test_a_few_steps_of_fit_lower_the_loss(data, torch_model, tmp_path):

@@ -38,9 +38,9 @@ def decode_functions(model):
     return functions
 
 
-def empty_caches(settings, batch, slots, dtype):
-    shape = (batch, settings["num_key_value_heads"], slots, settings["head_dim"])
-    return [(ops.zeros(shape, dtype), ops.zeros(shape, dtype)) for _ in range(settings["n_layer"])]
+def empty_caches(config, batch, slots, dtype):
+    shape = (batch, config["num_key_value_heads"], slots, config["head_dim"])
+    return [(ops.zeros(shape, dtype), ops.zeros(shape, dtype)) for _ in range(config["n_layer"])]
 
 
 def warp_logits(logits, temperature, top_k, top_p):
@@ -112,7 +112,7 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens=20, do_sam
     key_valid = ops.convert_to_tensor(key_valid)
     positions = ops.convert_to_numpy(positions_from_mask(attention_mask)).astype(np.int32)
     prefill, step = decode_functions(model)
-    caches = empty_caches(model.settings, batch, slots, model.model.embed_tokens.dtype)
+    caches = empty_caches(model.config, batch, slots, model.model.embed_tokens.dtype)
     logits, caches = prefill(ops.convert_to_tensor(input_ids.astype(np.int32)), ops.convert_to_tensor(positions),
                              key_valid, caches, ops.convert_to_tensor(0, "int32"))
     rng = np.random.default_rng(seed)

@@ -380,13 +380,12 @@ class ModernGPT2ForCausalLM(keras.Model):
 
     def __init__(self, config, **kwargs):
         super().__init__(**kwargs)
-        self.config = dict(config)
-        self.settings = resolved_config(config)
-        self.model = ModernGPT2Model(self.settings)
+        self.config = resolved_config(config)  # config.json with every default filled in
+        self.model = ModernGPT2Model(self.config)
         self.lm_head = None
-        if not self.settings["tie_word_embeddings"]:
-            self.lm_head = Linear(self.settings["n_embd"], self.settings["vocab_size"],
-                                  self.settings["initializer_range"])
+        if not self.config["tie_word_embeddings"]:
+            self.lm_head = Linear(self.config["n_embd"], self.config["vocab_size"],
+                                  self.config["initializer_range"])
 
     def call(self, inputs, training=False):
         if isinstance(inputs, dict):
@@ -408,8 +407,8 @@ class ModernGPT2ForCausalLM(keras.Model):
             logits = ops.matmul(hidden_states, ops.transpose(self.model.embed_tokens))
         else:
             logits = self.lm_head(hidden_states)
-        if self.settings["final_logit_softcapping"] is not None:
-            logits = softcap(logits, self.settings["final_logit_softcapping"])
+        if self.config["final_logit_softcapping"] is not None:
+            logits = softcap(logits, self.config["final_logit_softcapping"])
         return logits
 
     def named_variables(self):
