@@ -32,6 +32,7 @@ DEFAULT_C4_LANGS = ["en", "ja", "ko", "zh"]
 GPT2_EOS = "<|endoftext|>"
 BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
 METASPACE = "\u2581"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -98,6 +99,9 @@ def load_tokenizer(tokenizer_path=None, vocab_file=None, merge_file=None):
     if mistake:
         raise UserError(f"Tokenizer not found: {tokenizer_path}: {mistake} — train one with `moderngpt2 "
                         "train-tokenizer` or pass --vocab-file/--merge-file")
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise UserError(f"{tokenizer_path}: no tokenizer files in it (none of {', '.join(TOKENIZER_FILES)}) — "
+                        "give the directory `moderngpt2 train-tokenizer` wrote")
     from transformers import AutoTokenizer
 
     try:

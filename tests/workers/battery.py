@@ -34,6 +34,9 @@ def error_line(result: subprocess.CompletedProcess, *words: str, status: int = 2
     assert line.startswith("moderngpt2 "), line
     for word in words:
         assert word.lower() in line.lower(), (word, line)
+    if os.environ.get("BATTERY_MESSAGES"):  # collects every case's message, for the documentation
+        with open(os.environ["BATTERY_MESSAGES"], "a", encoding="utf-8") as handle:
+            handle.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\t{line}\n")
     return line
 
 
