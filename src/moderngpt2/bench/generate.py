@@ -131,16 +131,30 @@ def framework_attention(framework: str) -> str:
     return f"keras-{keras.backend.backend()}"
 
 
+def match_tensorflow_threads() -> int:
+    """Size TensorFlow's CPU thread pool like torch's, so both models run on the same cores; the size in use (0:
+    TensorFlow's default, all cores, when it had already started in this process and its pools are fixed)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(torch.get_num_threads())
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    return tf.config.threading.get_intra_op_parallelism_threads()
+
+
 def bench_framework(framework: str, configs, args: argparse.Namespace) -> dict:
     """moderngpt2.<framework> loaded from a checkpoint of our model (same config, seed and dtype as `ours`)."""
     from ..frameworks import load_causal_lm
 
+    threads = {"threads": match_tensorflow_threads()} if framework == "tf" else {}
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as checkpoint:
         build_model(configs.ours, None, torch.device("cpu")).to(DTYPES[args.dtype]).save_pretrained(checkpoint)
         model = load_causal_lm(framework, checkpoint)
     described = {"implementation": f"moderngpt2.{framework}", "attn_implementation": framework_attention(framework),
-                 "cache": "static", "compiled": True}
+                 "cache": "static", "compiled": True, **threads}
 
     def generate(prompt):
         return model.generate(prompt.numpy(), max_new_tokens=args.new_tokens, pad_token_id=0)
