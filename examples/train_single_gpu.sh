@@ -9,7 +9,9 @@ WORK=${WORK:-work}
 OUT=${OUT:-runs/small}
 SIZE=${SIZE:-small}
 
-moderngpt2 train-tokenizer --input "$INPUT" --output_path "$WORK/tokenizer" --vocab_size 32000
+# a rerun keeps the tokenizer (train-tokenizer refuses to replace it: the data below was made with it)
+[ -f "$WORK/tokenizer/tokenizer.json" ] ||
+    moderngpt2 train-tokenizer --input "$INPUT" --output_path "$WORK/tokenizer" --vocab_size 32000
 moderngpt2 pretokenize --input "$INPUT" --tokenizer_path "$WORK/tokenizer" --output_path "$WORK/data" \
     --block_size 1024 --validation_split_percentage 1 --num_proc 8
 moderngpt2 per-layer-vocab --tokenizer_path "$WORK/tokenizer" --pre_tokenized_dataset_path "$WORK/data" \

@@ -95,7 +95,14 @@ with open(sys.argv[1], "w", encoding="utf-8") as handle:
 EOF
 
 # (a) correctness on CUDA first: every test marked gpu (skipped in the CPU CI)
-part tests-gpu 80 "$PYTHON" -m pytest -v -m gpu tests -p no:cacheprovider --junitxml "$OUT/tests-gpu.xml"
+# (the files never run on a GPU before come first, so a limit cuts the ones checked before; a test module whose
+# import fails, for want of a package this machine lacks, must not stop the others)
+GPU_TEST_FILES=(tests/test_model_softcap_op.py tests/test_model_loss.py tests/test_model_document_mask.py)
+for file in $(grep -l "pytest.mark.gpu" tests/test_*.py); do
+    case " ${GPU_TEST_FILES[*]} " in *" $file "*) ;; *) GPU_TEST_FILES+=("$file") ;; esac
+done
+part tests-gpu 80 "$PYTHON" -m pytest -v -m gpu "${GPU_TEST_FILES[@]}" --continue-on-collection-errors \
+    -p no:cacheprovider --junitxml "$OUT/tests-gpu.xml"
 # (b) and (c) the speed targets, softcaps on (all models, per-layer variant) and off (ours against Llama-sdpa).
 # Models in order of what the targets need most, so a limit cuts the least useful one: Gemma2-eager is slower
 # than Gemma2-flex in every anchor.
@@ -112,7 +119,7 @@ part train-medium-nosoftcap 45 moderngpt2 bench train "${TRAIN_MEDIUM[@]}" "${TR
     "${DEVICE[@]}" --models ours,llama-sdpa --json "$OUT/train-medium-nosoftcap.json"
 # the model's backend and generation tests in full, on this machine's torch and transformers
 part tests-model 25 "$PYTHON" -m pytest -q tests/test_model_backends.py tests/test_model_generation.py \
-    "${MODEL_TESTS[@]}" -p no:cacheprovider --junitxml "$OUT/tests-model.xml"
+    "${MODEL_TESTS[@]}" --continue-on-collection-errors -p no:cacheprovider --junitxml "$OUT/tests-model.xml"
 
 echo
 echo "=== gpu_check done in $(($(date +%s) - START))s; every part succeeded: $([ $FAILED = 0 ] && echo yes || echo no)"

@@ -27,3 +27,29 @@ torch.set_num_threads(1)
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def battery_assets(tmp_path_factory):
+    """Shared by the bad-input batteries: a tiny tokenizer, corpus and 32-token pretokenized data (never modified:
+    a case that damages something works on its own copy)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "workers"))
+    from train_assets import build_assets
+
+    return build_assets(tmp_path_factory.mktemp("battery_assets"))
+
+
+@pytest.fixture(scope="session")
+def battery_run(battery_assets, tmp_path_factory):
+    """A finished 2-step tiny training run: OUTPUT/checkpoint-2 and OUTPUT/final (never modified)."""
+    from battery import tiny_train_flags
+    from moderngpt2.cli import main as cli
+
+    out = tmp_path_factory.mktemp("battery_run") / "out"
+    flags = tiny_train_flags(battery_assets["tokenizer"], battery_assets["data"], out, "--max_steps", "2",
+                             "--save_strategy", "steps", "--save_steps", "2")
+    assert cli(["train", *map(str, flags)]) == 0
+    return out

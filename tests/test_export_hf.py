@@ -18,6 +18,7 @@ from transformers import (
 )
 
 import moderngpt2
+from moderngpt2.modeling_moderngpt2 import CACHE_NAME
 from moderngpt2 import (
     ModernGPT2Config,
     ModernGPT2ForCausalLM,
@@ -27,6 +28,9 @@ from moderngpt2 import (
 )
 
 WORKER = Path(__file__).parent / "workers" / "export_clean_load.py"
+# A checkpoint saved by release 0.1.0 (its model code, transformers 5.17): a tiny untied per-layer model, its inputs,
+# logits and greedy tokens, all computed by that release.
+RELEASE = Path(__file__).parent / "fixtures" / "release_0_1_0"
 VOCAB, PER_LAYER_VOCAB = 96, 40
 CONFIGS = {
     "plain": dict(attn_logit_softcapping=20.0, final_logit_softcapping=15.0, sliding_window=4),
@@ -123,12 +127,11 @@ def test_checkpoint_carries_self_contained_code(checkpoints):
             assert not any(n.split(".")[0] == "moderngpt2" for n in names), f"{path.name} imports the package"
 
 
-@pytest.mark.slow
-def test_loads_without_the_package_via_trust_remote_code(checkpoints, tmp_path):
-    """A fresh interpreter that cannot import moderngpt2 loads both checkpoints with plain transformers."""
+def load_without_the_package(checkpoints, tmp_path):
+    """Load checkpoints ({name: directory}) in a fresh interpreter that cannot import moderngpt2; its JSON result."""
     request = {
         "site_packages": site.getsitepackages() + [site.getusersitepackages()],
-        "checkpoints": {name: str(directory) for name, (_, directory) in checkpoints.items()},
+        "checkpoints": {name: str(directory) for name, directory in checkpoints.items()},
         "threads": torch.get_num_threads(),
         "output": str(tmp_path / "result.json"),
     }
@@ -138,8 +141,13 @@ def test_loads_without_the_package_via_trust_remote_code(checkpoints, tmp_path):
     done = subprocess.run([sys.executable, "-I", "-S", str(WORKER), str(tmp_path / "request.json")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "result.json").read_text())
+    return json.loads((tmp_path / "result.json").read_text())
 
+
+@pytest.mark.slow
+def test_loads_without_the_package_via_trust_remote_code(checkpoints, tmp_path):
+    """A fresh interpreter that cannot import moderngpt2 loads both checkpoints with plain transformers."""
+    result = load_without_the_package({name: directory for name, (_, directory) in checkpoints.items()}, tmp_path)
     assert result["moderngpt2_importable"] is False
     for name, (model, _) in checkpoints.items():
         loaded = result["checkpoints"][name]
@@ -149,6 +157,8 @@ def test_loads_without_the_package_via_trust_remote_code(checkpoints, tmp_path):
         assert loaded["model_class"].endswith("modeling_moderngpt2.ModernGPT2ForCausalLM")
         assert loaded["equal"], f"{name}: max |logit diff| {loaded['max_abs_diff']:.3e}"
         # every Auto class the package registers resolves to the checkpoint's own code
+        assert loaded["auto_map"] == ["AutoConfig", "AutoModel", "AutoModelForCausalLM",
+                                      "AutoModelForSequenceClassification", "AutoModelForTokenClassification"]
         assert loaded["base_model_class"].startswith("transformers_modules.")
         assert loaded["base_model_class"].endswith("modeling_moderngpt2.ModernGPT2Model") and loaded["base_equal"]
         for auto_name, kind in (("AutoModelForSequenceClassification", "SequenceClassification"),
@@ -158,6 +168,7 @@ def test_loads_without_the_package_via_trust_remote_code(checkpoints, tmp_path):
             assert head["class"].endswith(f"modeling_moderngpt2.ModernGPT2For{kind}")
         assert loaded["heads"]["AutoModelForSequenceClassification"]["logits_shape"] == [2, 3]
         assert loaded["heads"]["AutoModelForTokenClassification"]["logits_shape"] == [2, 10, 3]
+        assert loaded["generation_equals_recomputation"], name
         if model.config.use_per_layer_embedding:
             assert loaded["token_map"] == model.model.per_layer_token_map.tolist()
 
@@ -171,3 +182,38 @@ def test_token_map_matters(checkpoints):
     with torch.no_grad():
         diff = (default(**sample_inputs()).logits - torch.load(directory / "reference_logits.pt")).abs().max()
     assert diff > 1e-2
+
+
+def release_outputs():
+    return torch.load(RELEASE / "inputs.pt"), torch.load(RELEASE / "reference_logits.pt"), json.loads(
+        (RELEASE / "greedy_tokens.json").read_text())
+
+
+def test_release_checkpoint_loads_with_the_package_and_reproduces_the_release():
+    inputs, reference, greedy = release_outputs()
+    model = AutoModelForCausalLM.from_pretrained(RELEASE).eval()
+    assert type(model) is ModernGPT2ForCausalLM
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, reference, atol=0, rtol=0)
+        generated = model.generate(torch.tensor(greedy["prompt"]), max_new_tokens=12, min_new_tokens=12,
+                                   do_sample=False)
+    assert generated.tolist() == greedy["tokens"]
+
+
+@pytest.mark.slow
+def test_release_checkpoint_loads_via_trust_remote_code_and_a_resaved_copy_generates(tmp_path):
+    """The release's own code reads the cache only as `past_key_values`: its cached generate is right only where
+    transformers still passes that name (< 5.24). Re-saving with this package refreshes the code; that copy is
+    right everywhere."""
+    inputs, reference, greedy = release_outputs()
+    resaved = tmp_path / "resaved"
+    ModernGPT2ForCausalLM.from_pretrained(RELEASE).save_pretrained(resaved)
+    torch.save(inputs, resaved / "inputs.pt")
+    torch.save(reference, resaved / "reference_logits.pt")
+    (tmp_path / "load").mkdir()
+    result = load_without_the_package({"release": RELEASE, "resaved": resaved}, tmp_path / "load")
+    release, copy = result["checkpoints"]["release"], result["checkpoints"]["resaved"]
+    assert release["equal"] and copy["equal"]
+    assert release["auto_map"] == ["AutoConfig", "AutoModelForCausalLM"] and copy["base_equal"]
+    assert copy["generated"] == greedy["tokens"] and copy["generation_equals_recomputation"]
+    assert release["generation_equals_recomputation"] == (CACHE_NAME == "past_key_values")

@@ -22,6 +22,7 @@ from moderngpt2 import ModernGPT2ForCausalLM as TorchModernGPT2ForCausalLM
 from moderngpt2.training.optim import build_parameter_groups
 
 pytest.importorskip("flax.nnx")
+import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -87,7 +88,7 @@ def test_loss_and_gradients_match(pair):
     expected = torch_model(torch.tensor(ids), labels=torch.tensor(ids)).loss
     expected.backward()
     trainer = Trainer(jax_model, adamw())
-    loss, grads = trainer.loss_and_grads(trainer.params, jnp.asarray(ids))
+    loss, grads = jax.jit(trainer.loss_and_grads)(trainer.params, jnp.asarray(ids))  # one compile, not per op
     assert float(loss) == pytest.approx(expected.item(), rel=1e-4)
     torch_grads = {name: param.grad.numpy() for name, param in torch_model.named_parameters()}
     jax_grads = torch_layout(grads)
@@ -225,3 +226,31 @@ def test_sampling_and_end_of_sequence(pair):
                                         pad_token_id=0).numpy()
     np.testing.assert_array_equal(stopped[:, :expected.shape[1]], expected)
     assert (stopped[0, 9:] == 0).all() and stopped.shape == (3, 17)
+
+
+@pytest.mark.parametrize("pair", ["ple_gated"], indirect=True)
+def test_per_layer_learning_rate_scale_applies_to_the_per_layer_parameters_alone(pair):
+    _, _, jax_model, _ = pair
+    before = torch_layout(nnx.state(jax_model, nnx.Param))
+    trainer = Trainer(jax_model, adamw(learning_rate=1e-3, per_layer_learning_rate_scale=0.0))
+    trainer.step(random_batch(rows=2, length=8, seed=8))
+    after = torch_layout(trainer.params)
+    per_layer = ("embed_tokens_per_layer", "per_layer_projection", "per_layer_gate")
+    for name, value in after.items():
+        moved = np.abs(value - before[name]).max()
+        assert (moved == 0) == any(part in name.split(".") for part in per_layer), name
+
+
+@pytest.mark.parametrize("pair", ["no_softcap"], indirect=True)
+def test_training_leaves_the_model_usable_until_written_back(pair):
+    jax_model = ModernGPT2ForCausalLM.from_pretrained(str(pair[3]))  # its own copy: it gets trained
+    ids = random_batch(rows=2, length=8, seed=9)
+    before = jax_model.token_nll(ids)
+    trainer = Trainer(jax_model, adamw(learning_rate=1e-2))
+    trainer.step(ids)
+    np.testing.assert_array_equal(jax_model.token_nll(ids), before)  # the step updated the trainer's copy alone
+    trainer.step(ids)
+    trained = trainer.write_back(jax_model).token_nll(ids)
+    assert trained.mean() < before.mean()
+    trainer.step(ids)
+    np.testing.assert_array_equal(jax_model.token_nll(ids), trained)

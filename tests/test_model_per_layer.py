@@ -219,13 +219,13 @@ def test_set_per_layer_token_map_validates(token_map, message):
         ModernGPT2ForCausalLM(ple_config(use_per_layer_embedding=False)).set_per_layer_token_map(list(range(VOCAB)))
 
 
-def test_inputs_embeds_need_explicit_per_layer_ids():
-    model = ModernGPT2ForCausalLM(ple_config())
-    embeds = torch.randn(1, 4, 64)
-    with pytest.raises(ValueError, match="pass per_layer_input_ids too"):
-        model(inputs_embeds=embeds)
-    explicit = torch.zeros(1, 4, dtype=torch.long)
-    assert model(inputs_embeds=embeds, per_layer_input_ids=explicit).logits.shape == (1, 4, VOCAB)
+def test_inputs_embeds_with_explicit_per_layer_ids_equal_input_ids():
+    model = ModernGPT2ForCausalLM(ple_config()).eval()
+    ids = torch.randint(0, VOCAB, (1, 4))
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+        explicit = model(inputs_embeds=embeds, per_layer_input_ids=model.model.map_per_layer_ids(ids)).logits
+        torch.testing.assert_close(explicit, model(ids).logits, atol=0, rtol=0)
 
 
 def test_gradient_checkpointing_with_per_layer_embeddings_gives_the_same_gradients():

@@ -10,6 +10,8 @@ import os
 import sys
 
 from .errors import UserError
+from .fileio import filesystem_fault
+from .training.launch import take_local_rank
 
 # subcommand -> (module, one-line description)
 SUBCOMMANDS = {
@@ -24,6 +26,7 @@ SUBCOMMANDS = {
     "convert-gemma2": ("moderngpt2.convert", "convert a transformers Gemma2 checkpoint to ModernGPT2"),
     "export": ("moderngpt2.export.command", "export a checkpoint as a standard Gemma2 directory or a GGUF file"),
     "bench": ("moderngpt2.bench", "benchmarks: train, generate, pretokenize"),
+    "configs": ("moderngpt2.shipped_configs", "list the shipped DeepSpeed/Accelerate configs, or copy them out"),
 }
 
 
@@ -36,7 +39,8 @@ def usage() -> str:
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # DeepSpeed's launcher writes --local_rank=N before the subcommand; the rank is in LOCAL_RANK too.
+    argv = take_local_rank(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
@@ -49,6 +53,12 @@ def main(argv=None) -> int:
         return module.main(rest) or 0
     except UserError as error:
         print(f"moderngpt2 {command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # a full or read-only disk, whichever writer met it
+        message = filesystem_fault(error)
+        if message is None:
+            raise
+        print(f"moderngpt2 {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"moderngpt2 {command}: interrupted", file=sys.stderr)

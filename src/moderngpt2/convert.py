@@ -6,7 +6,6 @@ written to a temporary directory beside DST and renamed into place only once com
 files travel along. The output carries the modeling code and an ``auto_map``, like any ``save_pretrained``.
 """
 
-import argparse
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from .argparsing import CommandParser
 from .errors import UserError
 from .jsonfile import read_json_object
 
@@ -295,7 +295,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 convert-gemma2",
         description="Convert a transformers Gemma2 checkpoint directory (safetensors) into a ModernGPT2 checkpoint.",
     )

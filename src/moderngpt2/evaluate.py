@@ -11,22 +11,23 @@ log-likelihood per predicted token over all blocks (token-weighted, not an avera
 """
 
 import argparse
-import json
 import math
 import os
 
 import torch
 from tqdm.auto import tqdm
 
+from .argparsing import CommandParser
 from .data.arguments import add_flag
 from .errors import UserError
+from .fileio import write_json
 from .frameworks import FRAMEWORKS, check_torch_only_flags, load_causal_lm
 from .harness import add_harness_flags, prepare_harness, run_harness
 from .training.inference import DTYPES, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
     add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
     add_flag(parser, "--input", nargs="+", default=None,
              help="a pretokenized directory or Megatron prefix, or text files/directories/`datasets` sources")
@@ -175,10 +176,12 @@ def main(argv=None) -> int:
     total, tokens, count = negative_log_likelihood(score_batch, batched(blocks, args.batch_size, args.max_blocks))
     if tokens == 0:
         raise UserError(f"{' '.join(args.input)}: no text to evaluate on")
+    if count == 1 and tokens + 1 < block_size and not is_pretokenized(args.input):
+        raise UserError(f"{' '.join(args.input)}: {tokens + 1} tokens, less than one block of {block_size}; give more "
+                        "text or a smaller --block_size")
     loss = total / tokens
     result = {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "tokens": tokens, "blocks": count}
     print(f"perplexity {result['perplexity']:.4f} (loss {loss:.4f} nats/token over {tokens} tokens in {count} blocks)")
     if args.output_json:
-        with open(args.output_json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+        write_json(args.output_json, result)
     return 0

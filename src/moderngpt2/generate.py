@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from .argparsing import CommandParser
 from .data.arguments import add_flag
 from .errors import UserError
 from .frameworks import FRAMEWORKS, check_torch_only_flags, load_causal_lm
@@ -16,7 +17,7 @@ from .training.inference import DTYPES, load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moderngpt2 generate", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="moderngpt2 generate", description=__doc__.splitlines()[0])
     add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
     add_flag(parser, "--prompt", nargs="+", required=True, help="one or more prompts, each continued in turn")
     add_flag(parser, "--max_new_tokens", type=int, default=100, help="tokens to generate per prompt (default 100)")
@@ -76,8 +77,13 @@ def generate_with_torch(args) -> None:
         set_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_special_tokens=True)
     settings = generation_settings(args, tokenizer)
-    for prompt in checked_prompts(args):
+    for index, prompt in enumerate(checked_prompts(args)):
         encoded = tokenizer(prompt, return_tensors="pt")
+        length = encoded["input_ids"].shape[1] + args.max_new_tokens
+        if length > model.config.n_positions:
+            raise UserError(f"--prompt #{index + 1} ({encoded['input_ids'].shape[1]} tokens) + --max_new_tokens "
+                            f"{args.max_new_tokens} exceeds the model's context of {model.config.n_positions} "
+                            "tokens: lower --max_new_tokens or shorten the prompt")
         with torch.no_grad():
             model.generate(input_ids=encoded["input_ids"].to(model.device),
                            attention_mask=encoded["attention_mask"].to(model.device), streamer=streamer, **settings)

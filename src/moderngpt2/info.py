@@ -10,6 +10,7 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+from .argparsing import CommandParser
 from .errors import UserError
 from .jsonfile import read_json_object
 
@@ -176,7 +177,7 @@ OVERRIDES = {
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 info",
         description="Parameter counts (total, embedding, non-embedding, per-layer embeddings) and config.",
     )

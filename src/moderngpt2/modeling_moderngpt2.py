@@ -179,6 +179,21 @@ class ModernGPT2Attention(nn.Module):
         return output, weights
 
 
+class ModernGPT2ScaledWordEmbedding(nn.Embedding):
+    """Token embeddings times `embed_scale` (sqrt(hidden_size)), scaled inside the module as in Gemma2.
+
+    So `inputs_embeds` means what `get_input_embeddings()` returns: `model(inputs_embeds=embed(ids))` equals
+    `model(input_ids=ids)`. The tied LM head reads the raw `weight`.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, embed_scale):
+        super().__init__(num_embeddings, embedding_dim)
+        self.embed_scale = embed_scale
+
+    def forward(self, input_ids):
+        return _scaled(super().forward(input_ids), self.embed_scale)
+
+
 class PerLayerEmbedding(nn.Embedding):
     """One table of `V_p x (L * d)`: row t holds token t's d-wide embedding for every layer, scaled by sqrt(d)."""
 
@@ -198,6 +213,7 @@ class PerLayerProjection(nn.Module):
     P = RMSNorm_d(view(W x_emb * H^-0.5, [B, S, L, d])), then with E the per-layer embeddings:
     `scaled_add`: (P + E) * 2^-0.5 (Gemma3n); `concat`: a per-layer linear 2d -> d on [P; E];
     `gated`: sigmoid(g) * P + (1 - sigmoid(g)) * E with learned per-layer, per-channel logits g.
+    Without per-layer embeddings (only `inputs_embeds` given), P alone, as in Gemma3n.
     """
 
     def __init__(self, config):
@@ -216,6 +232,8 @@ class PerLayerProjection(nn.Module):
     def forward(self, inputs_embeds, per_layer_embeds):
         projected = _scaled(self.proj(inputs_embeds), self.hidden_size**-0.5)
         projected = self.norm(projected.view(*inputs_embeds.shape[:-1], self.num_layers, -1))  # (B, S, L, d)
+        if per_layer_embeds is None:
+            return projected
         if self.combination_method == "scaled_add":
             return _scaled(projected + per_layer_embeds, 2.0**-0.5)
         if self.combination_method == "concat":
@@ -456,7 +474,9 @@ def resized_per_layer_token_map(token_map, new_size, per_layer_vocab_size, unk_i
 class ModernGPT2Model(ModernGPT2PreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = ModernGPT2ScaledWordEmbedding(
+            config.vocab_size, config.hidden_size, embed_scale=config.hidden_size**0.5
+        )
         self.embed_dropout = nn.Dropout(config.embd_pdrop)
         self.layers = nn.ModuleList(ModernGPT2DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
@@ -510,7 +530,7 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
             cache = DynamicCache(config=self.config)
 
         if inputs_embeds is None:
-            inputs_embeds = _scaled(self.embed_tokens(input_ids), self.config.hidden_size**0.5)
+            inputs_embeds = self.embed_tokens(input_ids)
         seq_len = inputs_embeds.shape[1]
         past_seen = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -518,11 +538,12 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
 
         per_layer_inputs = None
         if self.config.use_per_layer_embedding:
-            if per_layer_input_ids is None:
-                if input_ids is None:
-                    raise ValueError("with inputs_embeds, pass per_layer_input_ids too (they cannot be derived)")
+            if per_layer_input_ids is None and input_ids is not None:
                 per_layer_input_ids = self.map_per_layer_ids(input_ids)
-            per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
+            # only inputs_embeds: no per-layer embedding term, the projection alone (Gemma3n)
+            per_layer_embeds = None
+            if per_layer_input_ids is not None:
+                per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
             per_layer_inputs = self.per_layer_projection(inputs_embeds, per_layer_embeds)  # (B, S, L, d)
 
         attn_backend = self.attention_backend(inputs_embeds.device, seq_len, cache is not None,

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .argparsing import CommandParser
 from .cli import SUBCOMMANDS
 from .data.arguments import add_flag
 from .errors import UserError
+from .fileio import atomic_write, write_json
 from .training.plots import plot_loss_curves, read_log_history
 
 # A run writes these into its output directory, and `--overwrite` removes exactly these (and nothing else).
@@ -113,7 +115,7 @@ class Layout:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 quickstart",
         description="Train a small ModernGPT2 with per-layer embeddings end to end on a corpus built from the "
                     "Python standard library's docstrings: tokenizer, pretokenized data, per-layer vocabulary, "
@@ -227,9 +229,8 @@ def build_corpus(layout: Layout, seed: int, limit: int | None) -> dict:
 def _keep_first_lines(path: str, count: int) -> None:
     with open(path, encoding="utf-8") as handle:
         lines = [line for _, line in zip(range(count), handle)]
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         handle.writelines(lines)
-    os.replace(path + ".tmp", path)
 
 
 def train_argv(layout: Layout, max_steps: int, seed: int, on_gpu: bool) -> list[str]:
@@ -360,8 +361,7 @@ def run(args) -> dict:
                   "per_layer_vocab": layout.per_layer_vocab, "model": layout.model,
                   "tensorboard": layout.tensorboard, "loss_curve": layout.loss_curve, "sample": layout.sample},
     }
-    with open(layout.summary, "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
+    write_json(layout.summary, summary)
     print_summary(summary, layout)
     return summary
 

@@ -12,6 +12,7 @@ checked against the tokenizer a run uses.
 """
 
 import argparse
+import difflib
 import hashlib
 import json
 import os
@@ -21,9 +22,11 @@ import tempfile
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from .argparsing import CommandParser
 from .data.arguments import add_flag, add_source_flags, source_specs
 from .data.sources import iter_texts
 from .errors import UserError
+from .fileio import make_directory
 
 DEFAULT_C4_LANGS = ["en", "ja", "ko", "zh"]
 GPT2_EOS = "<|endoftext|>"
@@ -34,9 +37,21 @@ METASPACE = "\u2581"
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _looks_local(path: str) -> bool:
-    """A hub name is ``name`` or ``owner/name``; anything else that does not exist is a missing folder."""
-    return path.startswith(("/", "./", "../", "~")) or path.count("/") > 1
+def _local_mistake(path: str) -> str | None:
+    """Why a missing ``path`` is a local folder and not a hub name (so no hub request is made), else None.
+
+    A hub name is ``name`` or ``owner/name``. A path written as one (``/``, ``./``, ``~``, two slashes, a
+    backslash), ``owner/name`` where ``owner`` is a local directory, and a near-miss of a local folder's name
+    are local, and fail at once instead of after the hub's retries.
+    """
+    if path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or "\\" in path:
+        return "no such directory"
+    parent, name = os.path.split(path)
+    if parent and os.path.isdir(parent):
+        return f"{parent} is a local directory without {name}"
+    folders = [entry for entry in os.listdir(parent or ".") if os.path.isdir(os.path.join(parent or ".", entry))]
+    close = difflib.get_close_matches(name, folders, n=1, cutoff=0.8)
+    return f"no such directory (did you mean {os.path.join(parent, close[0])}?)" if close else None
 
 
 def _from_vocab_and_merges(vocab_file: str, merge_file: str):
@@ -79,9 +94,10 @@ def load_tokenizer(tokenizer_path=None, vocab_file=None, merge_file=None):
         raise UserError("no tokenizer given — pass --tokenizer_path DIR (from `moderngpt2 train-tokenizer`) "
                         "or --vocab-file vocab.json --merge-file merges.txt")
     path = os.path.expanduser(tokenizer_path)
-    if not os.path.exists(path) and _looks_local(path):
-        raise UserError(f"Tokenizer not found: {tokenizer_path} — train one with `moderngpt2 train-tokenizer` "
-                        "or pass --vocab-file/--merge-file")
+    mistake = None if os.path.exists(path) else _local_mistake(path)
+    if mistake:
+        raise UserError(f"Tokenizer not found: {tokenizer_path}: {mistake} — train one with `moderngpt2 "
+                        "train-tokenizer` or pass --vocab-file/--merge-file")
     from transformers import AutoTokenizer
 
     try:
@@ -95,6 +111,13 @@ def load_tokenizer(tokenizer_path=None, vocab_file=None, merge_file=None):
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise UserError(f"{tokenizer_path}: not a fast (Rust) tokenizer — save it with tokenizer.json")
     return tokenizer
+
+
+def tokenizer_from_args(args):
+    """The tokenizer named by the data commands' flags (see ``data.arguments.add_tokenizer_flags``)."""
+    if args.tokenizer_type and not (args.vocab_file and args.merge_file):
+        raise UserError(f"--tokenizer-type {args.tokenizer_type} reads --vocab-file and --merge-file: give both")
+    return load_tokenizer(args.tokenizer_path, args.vocab_file, args.merge_file)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -170,9 +193,16 @@ def train_tokenizer(texts, model_type="bpe", vocab_size=32000, special_tokens=No
         backend, trainer = _unigram_backend(vocab_size, specials, unk_token, progress)
     else:
         raise UserError(f"--model_type must be bpe or unigram, not {model_type!r}")
-    backend.train_from_iterator(texts, trainer=trainer)
-    if backend.get_vocab_size() <= len(specials):
-        raise UserError("the tokenizer learned nothing: the input holds no text")
+    seen = {"characters": 0}
+
+    def counted(stream):
+        for text in stream:
+            seen["characters"] += len(text.strip())
+            yield text
+
+    backend.train_from_iterator(counted(texts), trainer=trainer)
+    if seen["characters"] == 0 or backend.get_vocab_size() <= len(specials):
+        raise UserError("the input holds no text: nothing to train a tokenizer on — check --input and --text_field")
     if model_type == "unigram":
         backend = _with_byte_fallback(backend, unk_token)
     extra = [t for t in specials if t not in (bos_token, eos_token, unk_token, pad_token)]
@@ -184,9 +214,17 @@ def train_tokenizer(texts, model_type="bpe", vocab_size=32000, special_tokens=No
     return tokenizer
 
 
+def check_output_path(output_path: str, overwrite: bool) -> None:
+    """Refuse to replace a tokenizer silently: data and models made with it would no longer match it."""
+    if os.path.isfile(os.path.join(output_path, "tokenizer.json")) and not overwrite:
+        raise UserError(f"{output_path} already holds a tokenizer; data and models made with it need it as it is — "
+                        "choose another --output_path, or pass --overwrite to replace it")
+    make_directory(output_path, "--output_path")
+
+
 def save_tokenizer(tokenizer, output_path: str) -> None:
     """Write the tokenizer files into a fresh folder first, then move them in: never a half-written directory."""
-    os.makedirs(output_path, exist_ok=True)
+    make_directory(output_path, "--output_path")
     staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=output_path)
     try:
         tokenizer.save_pretrained(staging)
@@ -197,7 +235,7 @@ def save_tokenizer(tokenizer, output_path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 train-tokenizer",
         description="Train a byte-level BPE (default) or unigram tokenizer that AutoTokenizer loads. Without "
                     "--input it streams multilingual C4 (en ja ko zh).")
@@ -213,12 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--unk_token", default="<unk>", help="unknown token (default: <unk>)")
     add_flag(parser, "--pad_token", default="<pad>", help="padding token (default: <pad>)")
     add_flag(parser, "--min_frequency", type=int, default=2, help="BPE: minimum count of a merged pair (2)")
+    add_flag(parser, "--overwrite", action="store_true", help="replace a tokenizer already in --output_path")
     add_flag(parser, "--no_progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    check_output_path(args.output_path, args.overwrite)
     if not args.input and not args.c4_langs:
         args.c4_langs = DEFAULT_C4_LANGS
         print(f"no --input: streaming C4 ({' '.join(DEFAULT_C4_LANGS)}) from {args.c4_dataset}", file=sys.stderr)

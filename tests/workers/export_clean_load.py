@@ -49,23 +49,38 @@ def main():
         reference = torch.load(Path(checkpoint) / "reference_logits.pt")
         with torch.no_grad():
             logits = model(**inputs).logits
+            prompt = inputs["input_ids"][:1]  # the unpadded row
+            generated = model.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+            recomputed = prompt
+            for _ in range(12):
+                next_token = model(recomputed, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+                recomputed = torch.cat((recomputed, next_token), dim=1)
         token_map = getattr(model.model, "per_layer_token_map", None)
-        base = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+        # Every Auto class the checkpoint's auto_map names (a release before the full auto_map names two).
+        registered = set(getattr(config, "auto_map", {}))
+        base_class = base_equal = None
         heads = {}
         with torch.no_grad():
-            base_equal = torch.equal(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
+            if "AutoModel" in registered:
+                base = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+                base_class = f"{type(base).__module__}.{type(base).__name__}"
+                base_equal = torch.equal(base(**inputs).last_hidden_state, model.model(**inputs).last_hidden_state)
             for auto_class in (AutoModelForSequenceClassification, AutoModelForTokenClassification):
-                head = auto_class.from_pretrained(checkpoint, trust_remote_code=True, num_labels=3).eval()
-                heads[auto_class.__name__] = {"class": f"{type(head).__module__}.{type(head).__name__}",
-                                              "logits_shape": list(head(**inputs).logits.shape)}
+                if auto_class.__name__ in registered:
+                    head = auto_class.from_pretrained(checkpoint, trust_remote_code=True, num_labels=3).eval()
+                    heads[auto_class.__name__] = {"class": f"{type(head).__module__}.{type(head).__name__}",
+                                                  "logits_shape": list(head(**inputs).logits.shape)}
         results["checkpoints"][name] = {
-            "base_model_class": f"{type(base).__module__}.{type(base).__name__}",
+            "auto_map": sorted(registered),
+            "base_model_class": base_class,
             "base_equal": base_equal,
             "heads": heads,
             "config_class": f"{type(config).__module__}.{type(config).__name__}",
             "model_class": f"{type(model).__module__}.{type(model).__name__}",
             "max_abs_diff": (logits - reference).abs().max().item(),
             "equal": torch.equal(logits, reference),
+            "generated": generated.tolist(),
+            "generation_equals_recomputation": torch.equal(generated, recomputed),
             "token_map": None if token_map is None else token_map.tolist(),
         }
     Path(request["output"]).write_text(json.dumps(results))

@@ -17,6 +17,7 @@ import tempfile
 
 import torch
 
+from ..argparsing import CommandParser
 from ..errors import UserError
 from .common import (
     DTYPES,
@@ -44,7 +45,7 @@ OURS = ("ours", "ours-static", "ours-ple")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 bench generate",
         description="Greedy generation tokens/s of ModernGPT2 against transformers' Gemma2 at identical shapes.")
     parser.add_argument("--batch", default="1,16", help="batch sizes, comma-separated (default: 1,16)")

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from ..argparsing import CommandParser
 from ..data.arguments import add_flag
 from ..data.blocks import iter_shard_blocks
 from ..data.pretokenize import build_parser as pretokenize_parser
@@ -32,7 +33,7 @@ from ..tokenization import load_tokenizer, save_tokenizer, train_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moderngpt2 bench pretokenize", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="moderngpt2 bench pretokenize", description=__doc__.split("\n\n")[0])
     add_flag(parser, "--input", default=None, help="a JSON Lines file (default: the stdlib docstring corpus)")
     add_flag(parser, "--repeat", type=int, default=8, help="copies of the default corpus (default: 8, ~18 MB)")
     add_flag(parser, "--tokenizer_path", default=None, help="tokenizer (default: BPE trained on the corpus)")

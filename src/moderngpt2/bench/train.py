@@ -10,6 +10,7 @@ import argparse
 
 import torch
 
+from ..argparsing import CommandParser
 from ..errors import UserError
 from .common import (
     H100_BF16_PEAK_TFLOPS,
@@ -44,7 +45,7 @@ PER_LAYER_OVERHEAD_TARGETS = {"small": 0.08, "medium": 0.05}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 bench train",
         description="Training tokens/s, MFU and peak memory of ModernGPT2 against transformers' Gemma2 and Llama "
                     "at identical shapes.")

@@ -27,6 +27,8 @@ def add_tokenizer_flags(parser, required: bool = True) -> None:
              help="directory written by `moderngpt2 train-tokenizer` (or any Hugging Face tokenizer)")
     add_flag(group, "--vocab-file", default=None, help="GPT-2 style vocab.json (with --merge-file)")
     add_flag(group, "--merge-file", default=None, help="GPT-2 style merges.txt (with --vocab-file)")
+    add_flag(group, "--tokenizer-type", choices=("GPT2BPETokenizer",), default=None,
+             help="Megatron's name for what --vocab-file/--merge-file give (accepted for Megatron scripts)")
 
 
 def add_source_flags(parser, limit_flag: str = "--max_input_lines_total") -> None:

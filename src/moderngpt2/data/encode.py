@@ -9,6 +9,13 @@ and a seeded 64-bit hash of its text, which decides the train/validation split.
 background threads (``num_proc=1``: the Rust encoder is multi-threaded and releases the GIL, so one thread's
 Python work overlaps the other's encoding) or on ``num_proc`` processes (each single-threaded). Results
 come back in input order either way, so the output does not depend on ``num_proc``.
+
+A document longer than ``piece_chars`` (64K characters) is tokenized in pieces of about that size, a few
+pieces at a time, so memory stays bounded whatever one document's size (the Rust encoder keeps ~100 bytes
+per token of bookkeeping: a 50 MB document encoded whole needed several GB). Pieces are cut just before a
+space that stands between two non-space characters, where byte-level BPE and Metaspace pre-tokenizers
+split anyway, so the tokens are the same as the whole document's; a stretch of ``piece_chars`` characters
+with no such space is cut before a newline, or failing that anywhere, where the tokens at the cut may differ.
 """
 
 import hashlib
@@ -24,6 +31,33 @@ import numpy as np
 from .sources import Position, RawChunk, decode_chunk
 
 THREADS = 2
+PIECE_CHARS = 1 << 16
+PIECES_PER_BATCH = 16
+
+
+def _cut(text: str, start: int, end: int) -> int:
+    """An index in (start, end] to cut `text` at: before a lone space, else before a newline, else `end`."""
+    for separator in (" ", "\n"):
+        high = end
+        while True:
+            index = text.rfind(separator, start + 1, high)
+            if index <= start:
+                break
+            if not text[index - 1].isspace() and index + 1 < len(text) and not text[index + 1].isspace():
+                return index
+            high = index
+    return end
+
+
+def split_long_text(text: str, piece_chars: int) -> list[str]:
+    """`text` in consecutive pieces of at most `piece_chars` characters (see the module notes on the cuts)."""
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        cut = _cut(text, start, start + piece_chars)
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 @dataclass
@@ -51,6 +85,7 @@ class EncoderSettings:
     text_field: str = "text"
     on_bad_record: str = "error"
     seed: int = 0
+    piece_chars: int = PIECE_CHARS  # longer documents are tokenized in pieces (bounded memory)
 
     @classmethod
     def for_tokenizer(cls, tokenizer, **kwargs) -> "EncoderSettings":
@@ -71,13 +106,32 @@ class ChunkEncoder:
         self.tokenizer = Tokenizer.from_str(settings.tokenizer_json)
         self._encode = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
 
+    def _long_document_ids(self, text: str) -> np.ndarray:
+        """The ids of one long document, encoded a few bounded pieces at a time."""
+        pieces = split_long_text(text, self.settings.piece_chars)
+        arrays = []
+        for start in range(0, len(pieces), PIECES_PER_BATCH):
+            batch = self._encode(pieces[start:start + PIECES_PER_BATCH], add_special_tokens=False)
+            arrays.extend(np.asarray(encoding.ids, dtype=np.int32) for encoding in batch)
+        return np.concatenate(arrays)
+
+    def _ids(self, texts: list[str]) -> list:
+        """Token ids per document: lists from one batch call, or arrays where some document is long."""
+        if all(len(text) <= self.settings.piece_chars for text in texts):
+            return [e.ids for e in self._encode(texts, add_special_tokens=False)] if texts else []
+        return [self._long_document_ids(text) if len(text) > self.settings.piece_chars
+                else np.asarray(self._encode([text], add_special_tokens=False)[0].ids, dtype=np.int32)
+                for text in texts]
+
     def __call__(self, chunk: RawChunk) -> EncodedChunk:
         s = self.settings
         texts, skipped = decode_chunk(chunk, s.text_field, s.on_bad_record)
-        encodings = self._encode(texts, add_special_tokens=False) if texts else []
-        ids = [e.ids for e in encodings]
+        ids = self._ids(texts)
         body_lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(body_lengths.sum()))
+        if ids and isinstance(ids[0], np.ndarray):
+            flat = np.concatenate(ids)
+        else:
+            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(body_lengths.sum()))
         ends = np.cumsum(body_lengths)
         tokens = np.insert(flat, ends, np.int32(s.eos_id))
         lengths = body_lengths + 1

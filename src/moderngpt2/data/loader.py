@@ -9,6 +9,11 @@ block layout) is checked before anything is read.
 
 Parquet blocks are read one row group at a time (64K tokens) with a small cache, so random sampling
 stays cheap and memory stays flat; the dataset pickles without open files, for DataLoader workers.
+
+Damage is caught as early as it is cheap: opening checks every shard's footer (and, where a shard carries
+column statistics, its largest token id against the vocabulary); ``verify()`` decodes everything (``train
+--verify_data``); and every read checks what it decoded, so a shard damaged inside still stops a run in one
+line naming the shard (``DataFault``) instead of an IndexError deep inside the model.
 """
 
 import bisect
@@ -16,6 +21,7 @@ import os
 from collections import OrderedDict
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
@@ -26,6 +32,17 @@ from .layout import FORMAT, MAIN_COLUMN, MANIFEST, PER_LAYER_COLUMN, PER_LAYER_F
 from .megatron import open_tokens
 
 CACHED_ROW_GROUPS = 16
+VERIFY_TOKENS = 1 << 22  # Megatron tokens checked per step of verify()
+
+
+class DataFault(UserError):
+    """Training data that turned out damaged or foreign while it was read."""
+
+
+def check_token_ids(largest: int, vocab_size: int | None, where: str) -> None:
+    if vocab_size is not None and largest >= vocab_size:
+        raise DataFault(f"{where} holds token id {largest}, beyond the vocabulary of {vocab_size} tokens: the data "
+                        "was not made with this tokenizer — pretokenize it again with the tokenizer you train with")
 
 
 def read_manifest(path: str) -> dict:
@@ -77,11 +94,42 @@ class ParquetBlocks:
         self.shard_starts = np.concatenate([[0], np.cumsum([g[-1] for g in self.group_starts])]).tolist()
         self._files, self._cache = {}, OrderedDict()
 
+    vocab_size = None  # set by BlockDataset for the main column: larger ids are refused as they are read
+
+    def _check_statistics(self, path: str, metadata) -> None:
+        """The largest id from the row groups' column statistics, where the writer kept them (free)."""
+        if self.vocab_size is None:
+            return
+        for index in range(metadata.num_row_groups):
+            statistics = metadata.row_group(index).column(0).statistics
+            if statistics is not None and statistics.has_min_max:
+                check_token_ids(int(statistics.max), self.vocab_size, path)
+
     def __len__(self) -> int:
         return self.shard_starts[-1]
 
     def __getstate__(self):
         return {**self.__dict__, "_files": {}, "_cache": OrderedDict()}
+
+    def _read(self, shard: int, group: int) -> np.ndarray:
+        """Decode one row group; damage or foreign ids become a DataFault naming the shard."""
+        path = self.paths[shard]
+        try:
+            if shard not in self._files:
+                self._files[shard] = open_shard(path, self.column)
+            rows = read_row_group(self._files[shard], group, self.column, self.block_size)
+        except (pa.ArrowException, OSError, ValueError) as error:
+            raise DataFault(f"{path} is damaged (row group {group}: {str(error).splitlines()[0]}) — pretokenize "
+                            "the data again; checkpoints saved so far are intact") from None
+        if self.vocab_size is not None and rows.size:
+            check_token_ids(int(rows.max()), self.vocab_size, path)
+        return rows
+
+    def verify(self) -> None:
+        """Decode and check every row group (a full read of the data)."""
+        for shard, starts in enumerate(self.group_starts):
+            for group in range(len(starts) - 1):
+                self._read(shard, group)
 
     def __getitem__(self, index: int) -> np.ndarray:
         shard = bisect.bisect_right(self.shard_starts, index) - 1
@@ -90,9 +138,7 @@ class ParquetBlocks:
         key = (shard, group)
         rows = self._cache.get(key)
         if rows is None:
-            if shard not in self._files:
-                self._files[shard] = open_shard(self.paths[shard], self.column)
-            rows = read_row_group(self._files[shard], group, self.column, self.block_size)
+            rows = self._read(shard, group)
             self._cache[key] = rows
             if len(self._cache) > CACHED_ROW_GROUPS:
                 self._cache.popitem(last=False)
@@ -117,11 +163,24 @@ class MegatronBlocks:
     def __getstate__(self):
         return {**self.__dict__, "_tokens": None}
 
+    vocab_size = None  # set by BlockDataset for the main column
+
     def __getitem__(self, index: int) -> np.ndarray:
         if self._tokens is None:
             self._tokens = open_tokens(self.prefix)[1]
         start = index * self.block_size
-        return np.asarray(self._tokens[start:start + self.block_size])
+        block = np.asarray(self._tokens[start:start + self.block_size])
+        if self.vocab_size is not None and block.size:
+            check_token_ids(int(block.max()), self.vocab_size, self.prefix + ".bin")
+        return block
+
+    def verify(self) -> None:
+        """Check every token id of the stream against the vocabulary."""
+        tokens = open_tokens(self.prefix)[1]
+        for start in range(0, tokens.size, VERIFY_TOKENS):
+            piece = np.asarray(tokens[start:start + VERIFY_TOKENS])
+            if piece.size:
+                check_token_ids(int(piece.max()), self.vocab_size, self.prefix + ".bin")
 
 
 class BlockDataset(Dataset):
@@ -130,6 +189,19 @@ class BlockDataset(Dataset):
     def __init__(self, columns: dict, block_size: int, manifest: dict | None = None):
         self.columns, self.block_size, self.manifest = columns, block_size, manifest
         self._length = len(columns[MAIN_COLUMN])
+
+    def limit_token_ids(self, vocab_size: int) -> None:
+        """Refuse main-column ids >= vocab_size: now where statistics tell, later as blocks are read."""
+        main = self.columns[MAIN_COLUMN]
+        main.vocab_size = vocab_size
+        if isinstance(main, ParquetBlocks):
+            for path in main.paths:
+                main._check_statistics(path, open_shard(path, MAIN_COLUMN).metadata)
+
+    def verify(self) -> None:
+        """Read everything once: damaged shards and foreign token ids are found before training starts."""
+        for store in self.columns.values():
+            store.verify()
 
     def __len__(self) -> int:
         return self._length
@@ -219,7 +291,7 @@ def load_block_dataset(path: str, split: str = "train", per_layer_path: str | No
         return _from_directory(path, split, per_layer_path, block_size)
     if os.path.exists(path + ".bin") or os.path.exists(path + ".idx"):
         if block_size is None:
-            raise UserError(f"{path} is a Megatron prefix: give the block size to cut its tokens into")
+            raise UserError(f"{path} is a Megatron prefix: give --block_size N to cut its tokens into blocks")
         if split != "train":
             raise UserError(f"{path} is a single Megatron prefix: it has no '{split}' split — pass a separate "
                             "prefix for evaluation")

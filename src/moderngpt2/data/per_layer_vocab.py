@@ -24,9 +24,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..argparsing import CommandParser
 from ..errors import UserError
+from ..fileio import make_directory, write_json
 from ..jsonfile import read_json_object
-from ..tokenization import load_tokenizer, tokenizer_fingerprint
+from ..tokenization import tokenizer_fingerprint, tokenizer_from_args
 from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
 from .blocks import iter_shard_blocks, write_shard_groups
 from .encode import EncoderSettings, encode_in_order
@@ -37,6 +39,7 @@ from .per_layer_strategies import RESERVED, STRATEGIES, CorpusStats, classify_su
 from .sources import iter_chunks, resolve_sources
 
 VOCAB_FORMAT = "moderngpt2-per-layer-vocab"
+DEFAULT_SIZE = 10000
 
 
 @dataclass
@@ -77,11 +80,8 @@ def load_per_layer_vocab(path: str) -> PerLayerVocab:
 
 def save_per_layer_vocab(path: str, vocab: PerLayerVocab) -> None:
     data = {"format": VOCAB_FORMAT, "version": 1, **asdict(vocab)}
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
+    make_directory(os.path.dirname(os.path.abspath(path)), "--output")
+    write_json(path, data, indent=None, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -169,9 +169,7 @@ def write_per_layer_stream(main_path: str, manifest: dict, vocab: PerLayerVocab,
               "main_tokenizer_fingerprint": manifest["tokenizer_fingerprint"],
               "per_layer_vocab_size": vocab.per_layer_vocab_size, "strategy": vocab.strategy,
               "token_map_sha256": hashlib.sha256(table.astype("<i4").tobytes()).hexdigest(), "splits": splits}
-    with open(os.path.join(out_dir, MANIFEST + ".tmp"), "w", encoding="utf-8") as f:
-        json.dump(stream, f, indent=2, sort_keys=True)
-    os.replace(os.path.join(out_dir, MANIFEST + ".tmp"), os.path.join(out_dir, MANIFEST))
+    write_json(os.path.join(out_dir, MANIFEST), stream, sort_keys=True)
     return stream
 
 
@@ -199,7 +197,7 @@ def _map_megatron(prefix: str, out_prefix: str, table, dtype, bar) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 per-layer-vocab",
         description="Choose a per-layer vocabulary from corpus statistics (strategies: "
                     f"{', '.join(STRATEGIES)}) and write it as JSON; optionally write explicit per-layer "
@@ -209,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--pre_tokenized_dataset_path", default=None,
              help="pretokenized data (from `moderngpt2 pretokenize`): the corpus when --input is not given, "
                   "and the data that --per-layer-output-prefix is aligned with")
-    add_flag(parser, "--per-layer-vocab-size", type=int, default=10000, help="per-layer vocabulary V_p (10000)")
+    add_flag(parser, "--per-layer-vocab-size", type=int, default=None,
+             help=f"per-layer vocabulary V_p (default {DEFAULT_SIZE}, at most what the main vocabulary can fill)")
     add_flag(parser, "--per-layer-strategy", choices=STRATEGIES, default="syntax_focus",
              help="how main ids are chosen (default: syntax_focus; see docs/data.md for the definitions)")
     add_flag(parser, "--output", default=None, help="where to write per_layer_vocab.json (required)")
@@ -223,11 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_per_layer_vocab(args, tokenizer, manifest: dict | None) -> PerLayerVocab:
-    size = args.per_layer_vocab_size
-    minimum = 1 if args.per_layer_strategy == "identity" else len(RESERVED) + 1
+    identity = args.per_layer_strategy == "identity"
+    minimum = 1 if identity else len(RESERVED) + 1
+    usable = len(tokenizer) + (0 if identity else len(RESERVED))  # rows past this would never be used
+    size = args.per_layer_vocab_size if args.per_layer_vocab_size is not None else min(DEFAULT_SIZE, usable)
     if size < minimum:
         raise UserError(f"--per-layer-vocab-size must be at least {minimum} for {args.per_layer_strategy} "
                         f"(ids 0-4 are reserved), got {size}")
+    if size > usable:
+        raise UserError(f"--per-layer-vocab-size {size} is above what the tokenizer's {len(tokenizer)} tokens can "
+                        f"fill ({usable} with {args.per_layer_strategy}); choose at most {usable}")
     surfaces = token_surfaces(tokenizer)
     classes = classify_surfaces(surfaces)
     stats = CorpusStats(len(tokenizer), classes.sentence_end)
@@ -260,7 +264,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.output:
         parser.error("--output (or --per-layer-vocab-file) is required")
-    tokenizer = load_tokenizer(args.tokenizer_path, args.vocab_file, args.merge_file)
+    tokenizer = tokenizer_from_args(args)
     manifest = None
     if args.pre_tokenized_dataset_path:
         manifest = read_manifest(args.pre_tokenized_dataset_path)

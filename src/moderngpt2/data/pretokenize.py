@@ -26,8 +26,10 @@ from collections import Counter
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..argparsing import CommandParser
 from ..errors import UserError
-from ..tokenization import load_tokenizer, tokenizer_fingerprint
+from ..fileio import make_directory, user_error_from, write_json
+from ..tokenization import tokenizer_fingerprint, tokenizer_from_args
 from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
 from .blocks import ParquetSplitWriter
 from .encode import EncoderSettings, distinct_bos, encode_in_order
@@ -39,14 +41,16 @@ DEFAULT_VALIDATION_PERCENTAGE = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 pretokenize",
         description="Tokenize text into fixed-length blocks: Parquet shards (default) or Megatron .bin/.idx, "
                     "with a held-out validation split and a manifest. Resumable: run it again after a crash.")
     add_tokenizer_flags(parser)
     add_source_flags(parser)
     output = parser.add_argument_group("output")
-    add_flag(output, "--output_path", required=True, help="output directory")
+    add_flag(output, "--output_path", default=None, help="output directory (required)")
+    add_flag(output, "--output-prefix", default=None,
+             help="Megatron style: Megatron .bin/.idx files in this directory (--output_path P --format megatron)")
     add_flag(output, "--format", choices=("parquet", "megatron"), default="parquet",
              help="parquet: OUT/<split>/shard-*.parquet (default); megatron: OUT/<split>_text_document.bin/.idx")
     add_flag(output, "--block_size", type=int, default=1024, help="tokens per block (default: 1024)")
@@ -88,13 +92,6 @@ class SplitRouter:
 
 
 # ----------------------------------------------------------------------------------------------- files
-
-
-def _write_json_atomically(path: str, data: dict) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
 
 
 def _read_json(path: str) -> dict | None:
@@ -184,6 +181,12 @@ def _settings(args, fingerprint: str, percentage: float) -> dict:
 
 
 def _validate(args) -> float:
+    if args.output_prefix is not None:
+        if args.output_path is not None:
+            raise UserError("give either --output_path or --output-prefix, not both")
+        args.output_path, args.format = args.output_prefix, "megatron"
+    if args.output_path is None:
+        raise UserError("--output_path is required (or Megatron's --output-prefix)")
     if args.block_size < 2:
         raise UserError(f"--block_size must be at least 2, got {args.block_size}")
     if args.max_samples_per_shard < 1:
@@ -309,7 +312,7 @@ class Run:
             "skipped_records": self.skipped, "overlap_dropped_documents": self.overlap_dropped,
             "splits": splits,
         }
-        _write_json_atomically(os.path.join(self.out, MANIFEST), manifest)
+        write_json(os.path.join(self.out, MANIFEST), manifest, sort_keys=True)
         for writer in self.writers.values():
             writer.after_checkpoint()
             writer.close()
@@ -335,16 +338,14 @@ def _input_size(sources) -> int | None:
 def pretokenize(args) -> dict:
     """Run (or resume) ``moderngpt2 pretokenize`` with parsed arguments; returns the manifest."""
     percentage = _validate(args)
-    tokenizer = load_tokenizer(args.tokenizer_path, args.vocab_file, args.merge_file)
+    tokenizer = tokenizer_from_args(args)
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no eos_token: documents are separated by it — set one")
     fingerprint = tokenizer_fingerprint(tokenizer)
     settings = _settings(args, fingerprint, percentage)
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     out = args.output_path
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--output_path {out} is a file, not a directory")
-    os.makedirs(out, exist_ok=True)
+    make_directory(out, "--output_path")
     if args.overwrite:
         remove_outputs(out)
     manifest = _read_json(os.path.join(out, MANIFEST))
@@ -363,19 +364,27 @@ def pretokenize(args) -> dict:
     encoder = EncoderSettings.for_tokenizer(tokenizer, text_field=args.text_field, on_bad_record=args.on_bad_record,
                                             seed=args.seed)
     try:
-        run.restore(progress)
-        if progress is not None:
-            print(f"resuming the unfinished run in {out}", file=sys.stderr)
-        sources = [s for _, phase_sources, _ in run.phases for s in phase_sources]
-        with tqdm(total=_input_size(sources), initial=run.input_bytes, unit="B", unit_scale=True,
-                  desc="pretokenize", disable=args.no_progress) as bar:
-            run.read_all(encoder, bar)
-        if run.writers["train"].documents == 0:
-            raise UserError("no documents in the input: nothing to pretokenize")
-        manifest = run.finish()
-    finally:
-        run.close()
-    return manifest
+        try:
+            run.restore(progress)
+            if progress is not None:
+                print(f"resuming the unfinished run in {out}", file=sys.stderr)
+            sources = [s for _, phase_sources, _ in run.phases for s in phase_sources]
+            with tqdm(total=_input_size(sources), initial=run.input_bytes, unit="B", unit_scale=True,
+                      desc="pretokenize", disable=args.no_progress) as bar:
+                run.read_all(encoder, bar)
+            if run.writers["train"].documents == 0:
+                raise UserError(f"no documents in {' '.join(source_specs(args))}: nothing to pretokenize — check "
+                                "the files and --text_field")
+            return run.finish()
+        finally:
+            run.close()
+    except UserError:
+        raise
+    except Exception as error:  # a full or read-only disk under OUT, whichever writer (Python, Arrow) met it
+        problem = user_error_from(error, out)
+        if problem is error:
+            raise
+        raise UserError(f"{problem} — the last checkpoint is kept: run the same command again to continue") from None
 
 
 def summary_lines(manifest: dict) -> list[str]:
@@ -384,8 +393,11 @@ def summary_lines(manifest: dict) -> list[str]:
         lines.append(f"{split}: {entry['documents']:,} documents, {entry['tokens']:,} tokens, {entry['blocks']:,} "
                      f"blocks of {manifest['block_size']} ({len(entry['shards'])} files; "
                      f"{entry['dropped_tail_tokens']} tail tokens dropped)")
-        if entry["blocks"] == 0 and entry["documents"]:
-            lines.append(f"warning: the {split} split is shorter than one block")
+        wanted = split == "train" or manifest["validation"]["percentage"] > 0 or manifest["eval_inputs"]
+        if entry["blocks"] == 0 and (entry["documents"] or wanted):
+            lines.append(f"warning: the {split} split holds no complete block ({entry['documents']} documents, "
+                         f"{entry['tokens']} tokens); `moderngpt2 train` needs one: use more text, a larger "
+                         "--validation_split_percentage or --eval_input, or a smaller --block_size")
     if manifest["skipped_records"]:
         lines.append(f"skipped records: {describe_skipped(Counter(manifest['skipped_records']))}")
     if manifest["overlap_dropped_documents"]:
@@ -398,7 +410,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     manifest = pretokenize(args)
     for line in summary_lines(manifest):
-        print(line)
+        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
     print(f"wrote {os.path.join(args.output_path, MANIFEST)}")
     return 0
 

@@ -4,6 +4,7 @@ import argparse
 
 import torch
 
+from ..argparsing import CommandParser
 from ..errors import UserError
 
 GEMMA2_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -11,7 +12,7 @@ GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moderngpt2 export",
         description="Export a ModernGPT2 checkpoint (without per-layer embeddings) as a transformers Gemma2 "
                     "directory (no remote code needed) or as a GGUF file for llama.cpp / Ollama.",

@@ -87,7 +87,9 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, mesh=None):
-        self.graphdef, self.params, self.rest = nnx.split(model, nnx.Param, ...)
+        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        # A copy: each step donates (reuses) the buffers of the parameters it updates, and the model keeps its own.
+        self.params = jax.tree_util.tree_map(jnp.array, params)
         self.optimizer = optimizer
         self.mesh = mesh
         if mesh is not None:
@@ -123,5 +125,5 @@ class Trainer:
 
     def write_back(self, model):
         """Copy the trained parameters into `model` (for generate or save_pretrained) and return it."""
-        nnx.update(model, jax.device_get(self.params))
+        nnx.update(model, jax.tree_util.tree_map(jnp.array, self.params))  # copies: later steps donate ours
         return model

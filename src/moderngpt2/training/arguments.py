@@ -3,7 +3,9 @@
 Four groups: the model, the data, the per-layer embeddings, and `PretrainingArguments` (transformers'
 `TrainingArguments` with the pretraining defaults of the design: lr 2.5e-4, cosine, 5% warmup, AdamW betas
 (0.9, 0.95), weight decay 0.01, TensorBoard). Every flag is accepted as `--flag_name` and `--flag-name`.
-Instead of flags, one YAML or JSON file may hold the arguments; flags given after it override the file.
+One YAML or JSON file of arguments may stand anywhere on the line; flags override its values. The earlier
+tools' spellings work too: `--deepspeed --deepspeed_config FILE`, `--deepspeed zero2` (a shipped config),
+Megatron's `--micro-batch-size` / `--global-batch-size`.
 """
 
 import json
@@ -14,7 +16,9 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..argparsing import OneLineErrors, suggestion, unknown_flags_error
 from ..errors import UserError
+from .launch import set_single_process_environment
 
 
 @dataclass
@@ -77,6 +81,11 @@ class DataArguments:
     )
     max_eval_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on at most this many blocks of the held-out split."}
+    )
+    verify_data: bool = field(
+        default=False,
+        metadata={"help": "Decode every block before training starts (damaged shards, foreign token ids); without "
+                          "it each block is checked when it is read."},
     )
     document_mask: bool = field(
         default=False,
@@ -147,12 +156,31 @@ class PretrainingArguments(TrainingArguments):
     )
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, PerLayerArguments, PretrainingArguments)
+@dataclass
+class MegatronBatchArguments:
+    """Megatron's batch flags, for users who bring their scripts: global = micro x accumulation x data-parallel."""
+
+    _argument_group_name = "Megatron batch sizes"
+
+    micro_batch_size: int | None = field(
+        default=None, metadata={"help": "Megatron name of --per_device_train_batch_size."})
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Sequences per optimizer step over all processes; sets --gradient_accumulation_steps to "
+                          "global / (micro x processes), which must divide exactly."},
+    )
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, PerLayerArguments, PretrainingArguments, MegatronBatchArguments)
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
 
+class TrainArgumentParser(OneLineErrors, HfArgumentParser):
+    """HfArgumentParser without abbreviations and with one-line errors."""
+
+
 def build_parser() -> HfArgumentParser:
-    return HfArgumentParser(ARGUMENT_CLASSES, prog="moderngpt2 train")
+    return TrainArgumentParser(ARGUMENT_CLASSES, prog="moderngpt2 train", allow_abbrev=False)
 
 
 def load_config_file(path: str) -> dict:
@@ -170,7 +198,8 @@ def load_config_file(path: str) -> dict:
     known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(f"{path}: unknown argument(s) {', '.join(unknown)}; see 'moderngpt2 train --help'")
+        hints = "; ".join(f"{key}{suggestion('--' + key, build_parser())}" for key in unknown)
+        raise UserError(f"{path}: unknown argument(s) {hints}; see 'moderngpt2 train --help'")
     return data
 
 
@@ -179,20 +208,105 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
 
 
+def _takes_value(parser, token: str) -> bool:
+    """Whether `token` is a flag that consumes the next word (so a .json/.yaml after it is its value)."""
+    if not token.startswith("--") or "=" in token:
+        return False
+    action = parser._option_string_actions.get(token)
+    return action is not None and action.nargs not in (0, "?")
+
+
+def take_config_file(argv: list[str], parser) -> tuple[list[str], str | None]:
+    """The arguments without the YAML/JSON file of arguments (anywhere on the line), and that file."""
+    for index, token in enumerate(argv):
+        if (token.endswith(CONFIG_FILE_SUFFIXES) and not token.startswith("-")
+                and not (index and _takes_value(parser, argv[index - 1]))):
+            return argv[:index] + argv[index + 1:], token
+    return argv, None
+
+
+def _pop_option(argv: list[str], names: tuple[str, ...]) -> tuple[list[str], str | None, bool]:
+    """(argv without the option, its value or None, whether it was present). A value is the next word unless
+    that is another flag."""
+    for index, token in enumerate(argv):
+        name, equals, value = token.partition("=")
+        if name in names:
+            if equals:
+                return argv[:index] + argv[index + 1:], value, True
+            if index + 1 < len(argv) and not argv[index + 1].startswith("--"):
+                return argv[:index] + argv[index + 2:], argv[index + 1], True
+            return argv[:index] + argv[index + 1:], None, True
+    return argv, None, False
+
+
+def resolve_deepspeed_config(value: str) -> str:
+    """A DeepSpeed config file, or the shipped one a short name (zero1, zero2, zero3, tp2) stands for."""
+    from ..shipped_configs import DEEPSPEED_NAMES, shipped_path
+
+    if os.path.isfile(value):
+        return value
+    if value in DEEPSPEED_NAMES:
+        return shipped_path(value)
+    raise UserError(f"--deepspeed {value}: no such file; give a DeepSpeed JSON config or a shipped one by name "
+                    f"({', '.join(DEEPSPEED_NAMES)}; `moderngpt2 configs` lists them)")
+
+
+def take_deepspeed(argv: list[str]) -> tuple[list[str], str | None]:
+    """(argv without them, the config) for any spelling of the DeepSpeed flags:
+    `--deepspeed FILE|NAME`, or the earlier tools' bare `--deepspeed` with `--deepspeed_config FILE`."""
+    argv, config, _ = _pop_option(argv, ("--deepspeed_config", "--deepspeed-config"))
+    argv, value, present = _pop_option(argv, ("--deepspeed",))
+    value = value or config
+    if present and value is None:
+        raise UserError("--deepspeed needs a config: --deepspeed FILE, --deepspeed zero1|zero2|zero3|tp2, or "
+                        "--deepspeed --deepspeed_config FILE")
+    return argv, value
+
+
+def apply_megatron_batch(training_args, megatron_args) -> None:
+    """--micro-batch-size / --global-batch-size in the Trainer's terms; a global size must divide exactly."""
+    if megatron_args.micro_batch_size is not None:
+        training_args.per_device_train_batch_size = megatron_args.micro_batch_size
+    if megatron_args.global_batch_size is None:
+        return
+    micro, world = training_args.per_device_train_batch_size, training_args.world_size
+    steps, remainder = divmod(megatron_args.global_batch_size, micro * world)
+    if remainder or steps < 1:
+        raise UserError(f"--global-batch-size {megatron_args.global_batch_size} is not a multiple of micro batch "
+                        f"{micro} x {world} process(es) = {micro * world}; choose a multiple of {micro * world}")
+    training_args.gradient_accumulation_steps = steps
+
+
 def parse_arguments(argv: list[str]):
-    """Return (model, data, per_layer, training) arguments from flags, or a config file followed by flags."""
+    """Return (model, data, per_layer, training) arguments from flags and an optional YAML/JSON file of them.
+
+    The file may stand anywhere on the line; flags win over the file's values wherever they are written.
+    """
     parser = build_parser()
     if not has_accelerator():
         # Without this the Trainer treats CPU processes under torchrun as unrelated single processes.
         parser.set_defaults(use_cpu=True)
-    argv = list(argv)
-    if argv and argv[0].endswith(CONFIG_FILE_SUFFIXES) and not argv[0].startswith("-"):
-        # File values become the parser's defaults, so flags written after the file still win.
-        parser.set_defaults(**load_config_file(argv.pop(0)))
+    argv, deepspeed = take_deepspeed(list(argv))
+    argv, config_file = take_config_file(argv, parser)
+    file_values = load_config_file(config_file) if config_file else {}
+    deepspeed = deepspeed or file_values.pop("deepspeed", None)
+    file_values.pop("deepspeed", None)
+    parser.set_defaults(**file_values)  # file values become defaults, so every flag wins
+    if deepspeed:
+        if not isinstance(deepspeed, dict):
+            deepspeed = resolve_deepspeed_config(str(deepspeed))
+            argv += ["--deepspeed", deepspeed]
+        else:
+            parser.set_defaults(deepspeed=deepspeed)
+        set_single_process_environment()  # one process without a launcher is rank 0 of 1
     try:
-        model_args, data_args, per_layer_args, training_args = parser.parse_args_into_dataclasses(
-            args=argv, look_for_args_file=False
+        *groups, remaining = parser.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False, return_remaining_strings=True
         )
     except (ValueError, TypeError) as error:
         raise UserError(str(error).splitlines()[0]) from error
+    if remaining:
+        raise unknown_flags_error(remaining, parser)
+    model_args, data_args, per_layer_args, training_args, megatron_args = groups
+    apply_megatron_batch(training_args, megatron_args)
     return model_args, data_args, per_layer_args, training_args

@@ -1,6 +1,5 @@
 """Trainer callbacks: throughput and MFU, per-layer statistics, and a record of the optimizer that really runs."""
 
-import json
 import os
 import time
 
@@ -8,6 +7,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..bench.common import H100_BF16_PEAK_TFLOPS, matmul_parameter_count, training_flops_per_token
+from ..fileio import write_json
 from .optim import parameter_group_names
 
 def default_peak_tflops() -> float | None:
@@ -204,5 +204,4 @@ class OptimizerRecordCallback(TrainerCallback):
         if optimizer is None or not state.is_world_process_zero:
             return
         os.makedirs(args.output_dir, exist_ok=True)
-        with open(os.path.join(args.output_dir, "optimizer.json"), "w", encoding="utf-8") as handle:
-            json.dump(describe_optimizer(optimizer, model), handle, indent=2)
+        write_json(os.path.join(args.output_dir, "optimizer.json"), describe_optimizer(optimizer, model))

@@ -10,9 +10,9 @@ import json
 import logging
 import os
 import re
-import struct
 
 from ..errors import UserError
+from ..fileio import safetensors_problem
 
 logger = logging.getLogger(__name__)
 
@@ -20,33 +20,19 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 RESUME_LAST = ("last", "latest", "true", "auto")
 
 
-def _safetensors_is_whole(path: str) -> bool:
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            (header_length,) = struct.unpack("<Q", handle.read(8))
-            if header_length > size - 8:
-                return False
-            header = json.loads(handle.read(header_length))
-    except (OSError, struct.error, ValueError):
-        return False
-    data_end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    return size == 8 + header_length + data_end
-
-
 def _weights_problem(path: str) -> str | None:
     """None when the checkpoint holds complete weights, else what is wrong."""
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(single):
-        return None if _safetensors_is_whole(single) else "model.safetensors is truncated"
+        return None if safetensors_problem(single) is None else "model.safetensors is truncated"
     if os.path.isfile(index):
         try:
             with open(index, encoding="utf-8") as handle:
                 shards = set(json.load(handle)["weight_map"].values())
         except (OSError, ValueError, KeyError):
             return "model.safetensors.index.json is unreadable"
-        broken = sorted(s for s in shards if not _safetensors_is_whole(os.path.join(path, s)))
+        broken = sorted(s for s in shards if safetensors_problem(os.path.join(path, s)) is not None)
         return f"shard(s) {', '.join(broken)} missing or truncated" if broken else None
     latest = os.path.join(path, "latest")
     if os.path.isfile(latest):
@@ -90,6 +76,19 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
             return path
         logger.warning("skipping incomplete checkpoint %s: %s", path, problem)
     return None
+
+
+def discard_incomplete_checkpoints(output_dir: str) -> list[str]:
+    """Remove the checkpoints newer than the newest complete one (what a failed save left); return them."""
+    import shutil
+
+    complete = last_complete_checkpoint(output_dir)
+    checkpoints = list_checkpoints(output_dir)
+    newer = checkpoints[checkpoints.index(complete) + 1:] if complete else checkpoints
+    broken = [path for path in newer if checkpoint_problem(path) is not None]
+    for path in broken:
+        shutil.rmtree(path, ignore_errors=True)
+    return broken
 
 
 def resolve_resume(resume_from_checkpoint: str | None, output_dir: str) -> str | None:

@@ -69,6 +69,14 @@ def _has_validation(manifest: dict | None) -> bool:
     return bool(manifest and manifest["splits"].get("validation", {}).get("blocks"))
 
 
+def checked_blocks(dataset, tokenizer, verify: bool):
+    """Blocks whose ids the tokenizer can have produced (checked as read; all at once with --verify_data)."""
+    dataset.limit_token_ids(len(tokenizer))
+    if verify:
+        dataset.verify()
+    return dataset
+
+
 def load_eval_split(data_args, per_layer_path, tokenizer, manifest, block_size, eval_wanted) -> Dataset | None:
     """The held-out blocks: --eval_dataset_path, else the validation split of the training data."""
     path = data_args.pre_tokenized_dataset_path
@@ -85,6 +93,7 @@ def load_eval_split(data_args, per_layer_path, tokenizer, manifest, block_size, 
                         "PREFIX, or turn evaluation off with --eval_strategy no")
     else:
         return None
+    checked_blocks(dataset, tokenizer, data_args.verify_data)
     if data_args.max_eval_samples is not None:
         dataset = Subset(dataset, range(min(data_args.max_eval_samples, len(dataset))))
     return dataset
@@ -98,6 +107,7 @@ def load_training_data(data_args, per_layer_args, tokenizer, eval_wanted: bool) 
     manifest = checked_manifest(path, tokenizer)
     per_layer_path = per_layer_args.per_layer_data_path
     train = load_block_dataset(path, split="train", per_layer_path=per_layer_path, block_size=data_args.block_size)
+    checked_blocks(train, tokenizer, data_args.verify_data)
     if len(train) == 0:
         raise UserError(f"{path}: the train split holds no complete block; use more text or a smaller --block_size")
     eval_dataset = load_eval_split(data_args, per_layer_path, tokenizer, manifest, train.block_size, eval_wanted)

@@ -5,6 +5,8 @@ import os
 import torch
 
 from ..errors import UserError
+from ..fileio import check_safetensors
+from ..jsonfile import read_json_object
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -24,6 +26,18 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def check_model_directory(model_dir: str) -> None:
+    """A ModernGPT2 checkpoint with whole weight files, before transformers reads it."""
+    config = read_json_object(os.path.join(model_dir, "config.json"), "model config")
+    if config.get("model_type") != "moderngpt2":
+        raise UserError(f"{model_dir} holds a {config.get('model_type', 'unknown')!r} model, not moderngpt2; "
+                        "convert a Gemma2 checkpoint with `moderngpt2 convert-gemma2`, or use OUTPUT/final of "
+                        "`moderngpt2 train`")
+    for name in sorted(os.listdir(model_dir)):
+        if name.endswith(".safetensors"):
+            check_safetensors(os.path.join(model_dir, name))
+
+
 def load_checkpoint(model_dir: str, device: str = "auto", dtype: str = "auto"):
     """(model in eval mode on the device, tokenizer) from a directory written by `moderngpt2 train`."""
     from transformers import AutoModelForCausalLM
@@ -34,6 +48,7 @@ def load_checkpoint(model_dir: str, device: str = "auto", dtype: str = "auto"):
         raise UserError(f"{model_dir}: no such model directory (use OUTPUT/final of `moderngpt2 train`)")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         raise UserError(f"{model_dir}: no config.json, so not a saved model (use OUTPUT/final of `moderngpt2 train`)")
+    check_model_directory(model_dir)
     target = pick_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(dtype, target))

@@ -130,14 +130,21 @@ def per_layer_token_map(per_layer_vocab, tokenizer, config) -> list[int]:
     return token_map + [per_layer_vocab.unk_id] * (config.vocab_size - len(token_map))
 
 
+def check_parallel_sizes(model_args) -> None:
+    """--tp_size x --fsdp_size must be the number of processes the launcher started."""
+    wanted = model_args.tp_size * model_args.fsdp_size
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if min(model_args.tp_size, model_args.fsdp_size) < 1:
+        raise UserError("--tp_size and --fsdp_size must be at least 1")
+    if wanted != world_size:
+        raise UserError(f"--tp_size {model_args.tp_size} x --fsdp_size {model_args.fsdp_size} must equal the number "
+                        f"of processes ({world_size}); launch with torchrun --nproc_per_node {wanted}")
+
+
 def _distributed_config(model_args):
     if model_args.tp_size * model_args.fsdp_size == 1:
         return None
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if model_args.tp_size * model_args.fsdp_size != world_size:
-        wanted = model_args.tp_size * model_args.fsdp_size
-        raise UserError(f"--tp_size {model_args.tp_size} x --fsdp_size {model_args.fsdp_size} must equal the number "
-                        f"of processes ({world_size}); launch with torchrun --nproc_per_node {wanted}")
+    check_parallel_sizes(model_args)
     from transformers.distributed import DistributedConfig
 
     return DistributedConfig(tp_size=model_args.tp_size, fsdp_size=model_args.fsdp_size)

@@ -12,11 +12,14 @@ OUTPUT/loss_curve.png plots the train and eval loss.
 
 import logging
 import os
+import shutil
 import sys
 
 from transformers import AutoConfig, set_seed
 
+from ..data.loader import DataFault
 from ..errors import UserError
+from ..fileio import make_directory, replace_directory, user_error_from
 from ..tokenization import load_tokenizer, tokenizer_fingerprint
 from .arguments import parse_arguments
 from .callbacks import (
@@ -26,10 +29,11 @@ from .callbacks import (
     default_peak_tflops,
     flops_per_token,
 )
-from .checkpoints import last_complete_checkpoint, resolve_resume
+from .checkpoints import discard_incomplete_checkpoints, last_complete_checkpoint, resolve_resume
 from .data import load_training_data
 from .final_checkpoint import finalize
-from .model_setup import build_config, check_block_size, load_model, per_layer_token_map
+from .inference import check_model_directory
+from .model_setup import build_config, check_block_size, check_parallel_sizes, load_model, per_layer_token_map
 from .plots import plot_loss_curves
 from .trainer import NonFiniteLossError, PretrainingTrainer
 
@@ -59,12 +63,18 @@ def ensure_deepspeed_comm(training_args):
 
 def check_settings(model_args, per_layer_args, training_args):
     """Refuse flag combinations that cannot work, before anything is loaded."""
+    if per_layer_args.per_layer_vocab_size is not None and per_layer_args.per_layer_vocab_size < 1:
+        raise UserError(f"--per-layer-vocab-size must be at least 1, got {per_layer_args.per_layer_vocab_size}")
     if not per_layer_args.use_per_layer_embedding:
         for flag in ("per_layer_vocab_file", "per_layer_data_path"):
             if getattr(per_layer_args, flag):
                 raise UserError(f"--{flag.replace('_', '-')} needs --use-per-layer-embedding")
         if per_layer_args.log_per_layer_stats or per_layer_args.log_per_layer_gradients:
             raise UserError("--log-per-layer-stats / --log-per-layer-gradients need --use-per-layer-embedding")
+    make_directory(training_args.output_dir, "--output_dir")
+    if model_args.tp_size * model_args.fsdp_size > 1:
+        check_parallel_sizes(model_args)
+    check_precision(training_args)
     if training_args.fsdp and training_args.use_cpu:
         raise UserError("--fsdp runs through accelerate, which shards GPU processes only; for CPU processes "
                         "use --fsdp_size N (FSDP2 applied by transformers while loading)")
@@ -72,6 +82,24 @@ def check_settings(model_args, per_layer_args, training_args):
         # transformers cannot checkpoint the optimizer of a model it sharded while loading.
         logger.warning("--tp_size/--fsdp_size: checkpoints hold the model only (resuming them is not supported)")
         training_args.save_only_model = True
+
+
+def check_precision(training_args):
+    """--bf16 / --fp16 only where the device computes in that precision (probed with one small matmul)."""
+    import torch
+
+    for flag, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        if not getattr(training_args, flag):
+            continue
+        device = training_args.device
+        if device.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise UserError(f"--{flag}: {torch.cuda.get_device_name(device)} has no bfloat16 support; use --fp16")
+        try:
+            with torch.autocast(device.type, dtype=dtype):
+                torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+        except (RuntimeError, TypeError) as error:
+            raise UserError(f"--{flag}: the {device.type} device cannot compute in {dtype} here "
+                            f"({str(error).splitlines()[0]}); drop --{flag}") from None
 
 
 def load_training_tokenizer(model_args):
@@ -100,6 +128,8 @@ def model_config(model_args, per_layer_args, tokenizer, block_size, per_layer_vo
     """A fresh config, or the checkpoint's (whose shape the flags cannot change)."""
     if model_args.model_name_or_path is None:
         return build_config(model_args, per_layer_args, tokenizer, block_size, per_layer_vocab)
+    if os.path.isdir(model_args.model_name_or_path):
+        check_model_directory(model_args.model_name_or_path)
     try:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
     except (OSError, ValueError) as error:
@@ -156,18 +186,42 @@ def finish(trainer, data, output_dir: str, argv: list[str], data_path: str | Non
         trainer.evaluate()
     trainer.save_state()  # OUTPUT/trainer_state.json: the whole log history, final evaluation included
     final_dir = os.path.join(output_dir, "final")
-    trainer.save_model(final_dir)
+    staging = final_dir + ".partial"  # a full disk or a kill mid-save leaves no half-written final/
     if trainer.is_world_process_zero():
-        held_out = f", {len(data.eval):,} held out" if data.eval is not None else ""
-        finalize(final_dir, trainer.model, trainer.processing_class, argv,
-                 f"{data_path} ({len(data.train):,} blocks of {data.block_size} tokens{held_out})",
-                 trainer.throughput.tokens_per_step * trainer.state.global_step, trainer.state.global_step,
-                 trainer.state.log_history)
+        shutil.rmtree(staging, ignore_errors=True)  # what an earlier, killed save left
+    trainer.accelerator.wait_for_everyone()
+    try:
+        trainer.save_model(staging)
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            held_out = f", {len(data.eval):,} held out" if data.eval is not None else ""
+            finalize(staging, trainer.model, trainer.processing_class, argv,
+                     f"{data_path} ({len(data.train):,} blocks of {data.block_size} tokens{held_out})",
+                     trainer.throughput.tokens_per_step * trainer.state.global_step, trainer.state.global_step,
+                     trainer.state.log_history)
+    except Exception as error:  # see interrupted_save: writers raise all kinds for a full disk
+        shutil.rmtree(staging, ignore_errors=True)
+        raise user_error_from(error, staging) from None
+    if trainer.is_world_process_zero():
+        replace_directory(staging, final_dir)
         logger.info("final model and tokenizer saved to %s", final_dir)
         if any("loss" in entry for entry in trainer.state.log_history):
             curve = plot_loss_curves(trainer.state.log_history, os.path.join(output_dir, "loss_curve.png"),
                                      title=f"Training loss: {os.path.basename(os.path.normpath(output_dir))}")
             logger.info("loss curve written to %s", curve)
+
+
+def interrupted_save(error: Exception, output_dir: str) -> Exception:
+    """A filesystem fault while training (a checkpoint save): drop the half-written checkpoint, keep the rest.
+
+    Any other error is returned unchanged, to be raised as it was."""
+    problem = user_error_from(error, output_dir)
+    if isinstance(problem, UserError):
+        discarded = discard_incomplete_checkpoints(output_dir)
+        last = last_complete_checkpoint(output_dir)
+        note = f"; removed the half-written {', '.join(map(os.path.basename, discarded))}" if discarded else ""
+        return UserError(f"{problem}{note}; last good checkpoint: {last or 'none yet'}")
+    return problem
 
 
 def release_process_group():
@@ -204,13 +258,21 @@ def main(argv: list[str]) -> int:
     trainer = build_trainer(model, tokenizer, data, model_args, per_layer_args, training_args)
     try:
         trainer.train(resume_from_checkpoint=resume)
+    except DataFault as error:
+        # From a DataLoader worker the message arrives wrapped in the worker's traceback; its last line is ours.
+        message = str(error).strip().splitlines()[-1].split("DataFault: ", 1)[-1]
+        last = last_complete_checkpoint(training_args.output_dir)
+        raise UserError(f"{message} (last good checkpoint: {last or 'none yet'})") from None
     except NonFiniteLossError as error:
         last = last_complete_checkpoint(training_args.output_dir)
-        raise UserError(
-            f"{error}; training stopped before that update, nothing more was saved. Last good checkpoint: "
-            f"{last or 'none yet'}. Lower --learning_rate or check the data, then resume with "
-            "--resume_from_checkpoint last"
-        ) from error
+        advice = (f"Last good checkpoint: {last}. Lower --learning_rate or check the data, then resume with "
+                  "--resume_from_checkpoint last" if last else
+                  "No checkpoint was saved yet: lower --learning_rate or check the data, then start again")
+        raise UserError(f"{error}; training stopped before that update, nothing more was saved. {advice}") from error
+    except UserError:
+        raise
+    except Exception as error:  # a checkpoint save that hit a full or read-only disk (whatever the writer raises)
+        raise interrupted_save(error, training_args.output_dir) from None
     finish(trainer, data, training_args.output_dir, argv, data_args.pre_tokenized_dataset_path)
     release_process_group()
     return 0

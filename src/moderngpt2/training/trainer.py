@@ -21,6 +21,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 from transformers.dynamic_module_utils import custom_object_save, get_relative_import_files
 
+from ..fileio import write_json
 from .optim import build_parameter_groups
 
 
@@ -81,9 +82,7 @@ def restore_model_code(model, output_dir: str):
         config = json.load(handle)
     config.setdefault("auto_map", {}).pop(origin._auto_class, None)
     custom_object_save(object.__new__(origin), output_dir, config=config)
-    with open(config_path, "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    write_json(config_path, config, sort_keys=True)
 
 
 class PretrainingTrainer(Trainer):
