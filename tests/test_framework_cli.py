@@ -89,16 +89,21 @@ def test_a_missing_extra_names_the_install_command(checkpoint, name, package, ca
     assert capsys.readouterr().err.strip() == (
         f"moderngpt2 generate: error: --framework {name} needs the {name} extra: pip install 'moderngpt2[{name}]'")
 
-def test_bench_generate_reports_the_jax_to_pytorch_ratio(tmp_path):
+def test_bench_generate_reports_the_framework_to_pytorch_ratio(framework, tmp_path):
     out = tmp_path / "bench.json"
-    assert cli(["bench", "generate", "--framework", "jax", "--size", "tiny", "--vocab-size", "128", "--device", "cpu",
-                "--dtype", "fp32", "--batch", "2", "--prompt-len", "6", "--new-tokens", "4", "--repeats", "1",
+    assert cli(["bench", "generate", "--framework", framework, "--size", "tiny", "--vocab-size", "128", "--device",
+                "cpu", "--dtype", "fp32", "--batch", "2", "--prompt-len", "6", "--new-tokens", "4", "--repeats", "1",
                 "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     results = report["results"]["2"]
-    assert set(results) == {"ours", "jax"} and results["jax"]["implementation"] == "moderngpt2.jax"
-    assert report["ratios"]["2"] == {"jax/ours": pytest.approx(results["jax"]["tokens_per_s"]
-                                                                / results["ours"]["tokens_per_s"])}
+    assert set(results) == {"ours", framework} and results[framework]["implementation"] == f"moderngpt2.{framework}"
+    assert report["ratios"]["2"] == {f"{framework}/ours": pytest.approx(results[framework]["tokens_per_s"]
+                                                                         / results["ours"]["tokens_per_s"])}
+
+
+def test_bench_generate_keeps_the_tensorflow_model_in_its_dtype(capsys):
+    assert cli(["bench", "generate", "--framework", "tf", "--size", "tiny", "--device", "cpu", "--dtype", "bf16"]) == 2
+    assert "--dtype bf16: the TensorFlow model computes in float32" in capsys.readouterr().err
 
 
 def test_a_directory_of_another_model_is_a_one_line_error(tmp_path, capsys):

@@ -120,3 +120,17 @@ def test_megatron_data_is_refused_with_a_user_error(tmp_path):
                                             '"splits": {"train": {"blocks": 1, "prefix": "train_text_document"}}}')
     with pytest.raises(UserError, match="--format parquet"):
         block_dataset(str(tmp_path))
+
+
+@pytest.mark.parametrize("method", ["concat", "gated"])
+def test_a_fresh_keras_model_starts_where_the_torch_init_does(method):
+    config = TINY | {"per_layer_combination_method": method, "initializer_range": 0.05}
+    reference = ModernGPT2ForCausalLM(ModernGPT2Config(**config)).state_dict()
+    keras.utils.set_random_seed(0)
+    fresh = KerasCausalLM(config | {"model_type": "moderngpt2"})
+    for name, (variable, _) in fresh.named_variables().items():
+        value, expected = variable.numpy(), reference[name].numpy()
+        if name.endswith(("norm.weight", "per_layer_token_map", "combine_weight", "gate_logits")):
+            np.testing.assert_array_equal(value, expected, err_msg=name)  # deterministic starts
+        else:  # normal(0, std), residual projections std / sqrt(2 L)
+            assert value.std() == pytest.approx(expected.std(), rel=0.25), name

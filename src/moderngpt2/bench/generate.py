@@ -6,8 +6,9 @@ size (1 and 16 by default), with weights in bf16. Our model runs with the defaul
 two ways. One untimed call (compilation included) precedes the timed ones; tokens/s is batch × new tokens
 over the median time of a ``generate`` call, prefill included.
 
-``--framework jax`` instead runs our PyTorch model against ``moderngpt2.jax`` loaded from the same saved
-checkpoint (jitted, fixed-size KV cache) on the same prompts, and prints the JAX/PyTorch ratio.
+``--framework jax`` (or ``tf``) instead runs our PyTorch model against ``moderngpt2.jax`` (``moderngpt2.tf``)
+loaded from the same saved checkpoint (jitted or ``tf.function``-traced, fixed-size KV cache) on the same
+prompts, and prints the JAX/PyTorch (TF/PyTorch) ratio.
 """
 
 import argparse
@@ -38,7 +39,8 @@ from .common import (
     write_json,
 )
 
-MODELS = ("ours", "ours-static", "ours-ple", "gemma2", "gemma2-static", "jax")
+FRAMEWORKS = ("jax", "tf")  # the other implementations, each also the name of its model here
+MODELS = ("ours", "ours-static", "ours-ple", "gemma2", "gemma2-static", *FRAMEWORKS)
 OURS = ("ours", "ours-static", "ours-ple")
 
 
@@ -55,8 +57,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "ours,gemma2 on the CPU; --per-layer adds ours-ple)")
     parser.add_argument("--gemma2-attn", "--gemma2_attn", choices=("eager", "flex_attention"), default="eager",
                         help="Gemma2's attention backend (default: eager, transformers' choice for Gemma2)")
-    parser.add_argument("--framework", choices=("torch", "jax"), default="torch",
-                        help="jax: compare moderngpt2.jax with our PyTorch model on one checkpoint (default: torch)")
+    parser.add_argument("--framework", choices=("torch", *FRAMEWORKS), default="torch",
+                        help="jax or tf: compare moderngpt2.jax or moderngpt2.tf with our PyTorch model on one "
+                             "checkpoint (default: torch)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     resolve_run_settings(args)
@@ -65,8 +68,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if getattr(args, flag) <= 0:
             raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
     default_models = "ours,ours-static,gemma2,gemma2-static" if args.device.type == "cuda" else "ours,gemma2"
-    if args.framework == "jax":
-        default_models = "ours,jax"
+    if args.framework != "torch":
+        default_models = f"ours,{args.framework}"
+    if args.framework == "tf" and args.dtype != "fp32":
+        raise UserError(f"--dtype {args.dtype}: the TensorFlow model computes in float32; pass --dtype fp32 so both "
+                        "models run in the same dtype")
     args.models = parse_model_list(args.models or default_models, MODELS)
     if args.per_layer and "ours-ple" not in args.models:
         args.models.append("ours-ple")
@@ -115,18 +121,41 @@ def time_generation(generate, vocab_size: int, args: argparse.Namespace, batch: 
     }
 
 
-def bench_jax(configs, args: argparse.Namespace) -> dict:
-    """moderngpt2.jax loaded from a checkpoint of our model (same config, seed and dtype as `ours`)."""
-    import jax
+def framework_attention(framework: str) -> str:
+    """What runs the attention of `framework`'s model: XLA on JAX's backend; Keras ops on Keras' backend."""
+    if framework == "jax":
+        import jax
 
+        return f"xla-{jax.default_backend()}"
+    import keras
+
+    return f"keras-{keras.backend.backend()}"
+
+
+def match_tensorflow_threads() -> int:
+    """Size TensorFlow's CPU thread pool like torch's, so both models run on the same cores; the size in use (0:
+    TensorFlow's default, all cores, when it had already started in this process and its pools are fixed)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(torch.get_num_threads())
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+    return tf.config.threading.get_intra_op_parallelism_threads()
+
+
+def bench_framework(framework: str, configs, args: argparse.Namespace) -> dict:
+    """moderngpt2.<framework> loaded from a checkpoint of our model (same config, seed and dtype as `ours`)."""
     from ..frameworks import load_causal_lm
 
+    threads = {"threads": match_tensorflow_threads()} if framework == "tf" else {}
     torch.manual_seed(args.seed)
     with tempfile.TemporaryDirectory() as checkpoint:
         build_model(configs.ours, None, torch.device("cpu")).to(DTYPES[args.dtype]).save_pretrained(checkpoint)
-        model = load_causal_lm("jax", checkpoint)
-    described = {"implementation": "moderngpt2.jax", "attn_implementation": f"xla-{jax.default_backend()}",
-                 "cache": "static", "compiled": True}
+        model = load_causal_lm(framework, checkpoint)
+    described = {"implementation": f"moderngpt2.{framework}", "attn_implementation": framework_attention(framework),
+                 "cache": "static", "compiled": True, **threads}
 
     def generate(prompt):
         return model.generate(prompt.numpy(), max_new_tokens=args.new_tokens, pad_token_id=0)
@@ -137,8 +166,8 @@ def bench_jax(configs, args: argparse.Namespace) -> dict:
 
 def bench_model(name: str, configs, args: argparse.Namespace) -> dict:
     """Build one model once and measure it at every batch size; its results keyed by batch size."""
-    if name == "jax":
-        return bench_jax(configs, args)
+    if name in FRAMEWORKS:
+        return bench_framework(name, configs, args)
     if name.startswith("ours"):
         config = configs.ours_per_layer if name == "ours-ple" else configs.ours
         model = build_model(config, args.ours_attn, args.device)
@@ -168,9 +197,10 @@ def ratios(by_batch: dict) -> dict:
     for batch, results in by_batch.items():
         speeds = {name: result["tokens_per_s"] for name, result in results.items() if "tokens_per_s" in result}
         table[batch] = {f"{ours}/{theirs}": ratio(speeds[ours], speeds[theirs])
-                        for ours in speeds if ours in OURS for theirs in speeds if theirs not in (*OURS, "jax")}
-        if "jax" in speeds and "ours" in speeds:
-            table[batch]["jax/ours"] = ratio(speeds["jax"], speeds["ours"])
+                        for ours in speeds if ours in OURS for theirs in speeds if theirs not in (*OURS, *FRAMEWORKS)}
+        for framework in FRAMEWORKS:
+            if framework in speeds and "ours" in speeds:
+                table[batch][f"{framework}/ours"] = ratio(speeds[framework], speeds["ours"])
     return table
 
 

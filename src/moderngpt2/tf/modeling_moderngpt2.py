@@ -274,8 +274,9 @@ class PerLayerInputs(keras.layers.Layer):
         self.norm = RMSNorm(d, config["rms_norm_eps"])
         if self.method == "concat":
             start = np.concatenate([np.eye(d), np.eye(d)]) * 2.0**-0.5  # starts exactly where scaled_add is
+            start = np.stack([start] * self.num_layers)
             self.combine_weight = self.add_weight(shape=(self.num_layers, 2 * d, d), name="combine_weight",
-                                                  initializer=keras.initializers.Constant(np.stack([start] * self.num_layers)))
+                                                  initializer=keras.initializers.Constant(start))
         elif self.method == "gated":
             self.gate_logits = self.add_weight(shape=(self.num_layers, d), initializer="zeros", name="gate_logits")
 
