@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "tensorflow":
-    pytest.skip("Keras runs another backend in this process; these tests use TensorFlow", allow_module_level=True)
+sys.path.insert(0, str(Path(__file__).parent / "workers"))
+from keras_tensorflow import require_keras_on_tensorflow  # noqa: E402
+
+tf, keras = require_keras_on_tensorflow()
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM  # noqa: E402
 from moderngpt2.errors import UserError  # noqa: E402
