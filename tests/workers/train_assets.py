@@ -33,24 +33,21 @@ def synthetic_corpus(path: Path, documents: int = 600, seed: int = 0) -> Path:
 
 def build_assets(root: Path, block_size: int = 32, per_layer: bool = False) -> dict:
     """Paths of a tokenizer, pretokenized data and (per_layer) a per-layer vocabulary and stream under root."""
-    from moderngpt2.data import pretokenize
-    from moderngpt2 import tokenization
+    from moderngpt2.cli import main as cli
 
     root = Path(root)
     corpus = synthetic_corpus(root / "corpus.jsonl")
     tokenizer = root / "tokenizer"
     data = root / "data"
-    tokenization.main(["--input", str(corpus), "--output_path", str(tokenizer), "--vocab_size", "320",
+    assert 0 == cli(["train-tokenizer", "--input", str(corpus), "--output_path", str(tokenizer), "--vocab_size", "320",
                        "--no_progress"])
-    pretokenize.main(["--input", str(corpus), "--tokenizer_path", str(tokenizer), "--output_path", str(data),
+    assert 0 == cli(["pretokenize", "--input", str(corpus), "--tokenizer_path", str(tokenizer), "--output_path", str(data),
                       "--block_size", str(block_size), "--validation_split_percentage", "10", "--no_progress"])
     assets = {"corpus": corpus, "tokenizer": tokenizer, "data": data}
     if per_layer:
-        from moderngpt2.data import per_layer_vocab
-
         vocab = root / "per_layer_vocab.json"
         stream = root / "per_layer_stream"
-        per_layer_vocab.main(["--tokenizer_path", str(tokenizer), "--pre_tokenized_dataset_path", str(data),
+        assert 0 == cli(["per-layer-vocab", "--tokenizer_path", str(tokenizer), "--pre_tokenized_dataset_path", str(data),
                               "--per-layer-vocab-size", "48", "--per-layer-strategy", "frequency",
                               "--output", str(vocab), "--per-layer-output-prefix", str(stream), "--no_progress"])
         assets.update(per_layer_vocab=vocab, per_layer_stream=stream)
