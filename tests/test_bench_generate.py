@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from moderngpt2.bench import main as bench_main
+from moderngpt2.cli import run as cli_run
 from moderngpt2.cli import main as cli_main
 
 TINY = ["--size", "tiny", "--vocab-size", "512", "--device", "cpu"]
@@ -16,7 +16,7 @@ TINY = ["--size", "tiny", "--vocab-size", "512", "--device", "cpu"]
 @pytest.mark.slow
 def test_generate_bench_reports_tokens_per_second_and_ratios(tmp_path):
     out = tmp_path / "generate.json"
-    rc = bench_main(["generate", *TINY, "--batch", "1,3", "--prompt-len", "8", "--new-tokens", "5", "--repeats", "2",
+    rc = cli_run(["bench", "generate", *TINY, "--batch", "1,3", "--prompt-len", "8", "--new-tokens", "5", "--repeats", "2",
                      "--models", "ours,ours-static,gemma2", "--json", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
@@ -43,5 +43,5 @@ def test_generate_bench_bad_settings_are_one_line_errors(capsys):
     assert cli_main(["bench", "generate", *TINY, "--batch", "1,zero"]) == 2
     assert cli_main(["bench", "generate", *TINY, "--new-tokens", "0"]) == 2
     assert cli_main(["bench", "generate", *TINY, "--models", "ours,llama"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("moderngpt2 bench: error:")]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("moderngpt2 bench generate: error:")]
     assert len(errors) == 3 and "1,zero" in errors[0] and "--new-tokens" in errors[1] and "llama" in errors[2]

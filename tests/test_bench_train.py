@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
-from moderngpt2.bench import main as bench_main
+from moderngpt2.cli import run as cli_run
 from moderngpt2.bench.common import (
     build_configs,
     build_model,
@@ -70,7 +70,7 @@ def test_transformers_models_get_exactly_our_shapes():
 @pytest.mark.slow
 def test_train_bench_reports_every_promised_field(tmp_path):
     out = tmp_path / "train.json"
-    rc = bench_main(["train", *TINY, "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "1", "--per-layer",
+    rc = cli_run(["bench", "train", *TINY, "--batch", "2", "--seq", "32", "--steps", "2", "--warmup", "1", "--per-layer",
                      "--per-layer-hidden-size", "8", "--per-layer-vocab-size", "100", "--peak-tflops", "1.0",
                      "--json", str(out)])
     assert rc == 0
@@ -126,7 +126,7 @@ def test_bad_settings_are_one_line_errors(capsys):
     assert cli_main(["bench", "train", *TINY, "--ours-attn", "sdpa", "--steps", "1", "--warmup", "0",
                      "--batch", "1", "--seq", "8", "--models", "ours"]) == 2
     assert cli_main(["bench", "nonsense"]) == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("moderngpt2 bench: error:")]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("moderngpt2 bench: error:", "moderngpt2 bench train: error:"))]
     assert len(errors) == 4
     assert "--batch" in errors[0] and "gpt5" in errors[1] and "softcapping" in errors[2] and "nonsense" in errors[3]
 
@@ -141,7 +141,7 @@ def test_a_run_stopped_midway_leaves_the_finished_models_in_the_json(tmp_path, m
     monkeypatch.setitem(bench_train.BENCHES, "llama-sdpa", stopped)
     out = tmp_path / "train.json"
     with pytest.raises(KeyboardInterrupt):
-        bench_main(["train", *TINY, "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "1",
+        cli_run(["bench", "train", *TINY, "--batch", "1", "--seq", "8", "--steps", "1", "--warmup", "1",
                     "--models", "ours,llama-sdpa", "--json", str(out)])
     report = json.loads(out.read_text())
     assert list(report["models"]) == ["ours"] and positive(report["models"]["ours"]["tokens_per_s"])

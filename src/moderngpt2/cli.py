@@ -13,55 +13,82 @@ from .errors import UserError
 from .fileio import filesystem_fault
 from .training.launch import take_local_rank
 
-# subcommand -> (module, one-line description)
-SUBCOMMANDS = {
-    "quickstart": ("moderngpt2.quickstart", "train a small model end to end on a corpus built from Python's docstrings"),
-    "train-tokenizer": ("moderngpt2.tokenization", "train a byte-level BPE or unigram tokenizer"),
-    "pretokenize": ("moderngpt2.data.pretokenize", "turn raw text into Parquet (or Megatron) shards of token blocks"),
-    "per-layer-vocab": ("moderngpt2.data.per_layer_vocab", "build a per-layer vocabulary from corpus statistics"),
-    "train": ("moderngpt2.training.train", "pretrain a model with the Hugging Face Trainer"),
-    "evaluate": ("moderngpt2.evaluate", "perplexity of a checkpoint on held-out text"),
-    "generate": ("moderngpt2.generate", "generate text from a checkpoint"),
-    "info": ("moderngpt2.info", "parameter counts and config of a preset or checkpoint"),
-    "convert-gemma2": ("moderngpt2.convert", "convert a transformers Gemma2 checkpoint to ModernGPT2"),
-    "export": ("moderngpt2.export.command", "export a checkpoint as a standard Gemma2 directory or a GGUF file"),
-    "bench": ("moderngpt2.bench", "benchmarks: train, generate, pretokenize"),
-    "configs": ("moderngpt2.shipped_configs", "list the shipped DeepSpeed/Accelerate configs, or copy them out"),
+# command -> (module under moderngpt2.commands, one-line description); a dict is a group of sub-commands.
+COMMANDS = {
+    "quickstart": ("quickstart", "train a small model end to end on a corpus built from Python's docstrings"),
+    "train-tokenizer": ("train_tokenizer", "train a byte-level BPE or unigram tokenizer"),
+    "pretokenize": ("pretokenize", "turn raw text into Parquet (or Megatron) shards of token blocks"),
+    "per-layer-vocab": ("per_layer_vocab", "build a per-layer vocabulary from corpus statistics"),
+    "train": ("train", "pretrain a model with the Hugging Face Trainer"),
+    "evaluate": ("evaluate", "perplexity of a checkpoint on held-out text, or lm-evaluation-harness tasks"),
+    "generate": ("generate", "generate text from a checkpoint"),
+    "info": ("info", "parameter counts and config of a preset or checkpoint"),
+    "convert-gemma2": ("convert_gemma2", "convert a transformers Gemma2 checkpoint to ModernGPT2"),
+    "export": ("export", "export a checkpoint as a standard Gemma2 directory or a GGUF file"),
+    "configs": ("configs", "list the shipped DeepSpeed/Accelerate configs, or copy them out"),
+    "bench": {
+        "train": ("bench_train", "training tokens/s, MFU and peak memory against Gemma2 and Llama"),
+        "generate": ("bench_generate", "generation tokens/s at batch 1 and 16 against Gemma2"),
+        "pretokenize": ("bench_pretokenize", "pretokenization throughput"),
+    },
 }
+GROUP_DESCRIPTIONS = {"bench": "benchmarks: train, generate, pretokenize"}
 
 
-def usage() -> str:
-    width = max(map(len, SUBCOMMANDS))
-    lines = ["usage: moderngpt2 <command> [options]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in SUBCOMMANDS.items()]
-    lines += ["", "Run 'moderngpt2 <command> --help' for the options of one command."]
+def usage(prefix: str, table: dict) -> str:
+    width = max(map(len, table))
+    lines = [f"usage: {prefix} <command> [options]", "", "commands:"]
+    for name, entry in table.items():
+        description = GROUP_DESCRIPTIONS[name] if isinstance(entry, dict) else entry[1]
+        lines.append(f"  {name:<{width}}  {description}")
+    lines += ["", f"Run '{prefix} <command> --help' for the options of one command."]
     return "\n".join(lines)
 
 
+def run(argv: list[str]) -> int:
+    """Run one command (`train ...`, `bench train ...`); a user's mistake raises UserError."""
+    prefix, table, words = "moderngpt2", COMMANDS, list(argv)
+    while True:
+        if not words or words[0] in ("-h", "--help"):
+            print(usage(prefix, table))
+            return 0
+        name, words = words[0], words[1:]
+        if name not in table:
+            raise UserError(f"unknown command '{name}'; choose one of {', '.join(table)}")
+        prefix, entry = f"{prefix} {name}", table[name]
+        if not isinstance(entry, dict):
+            return importlib.import_module(f"moderngpt2.commands.{entry[0]}").main(words) or 0
+        table = entry
+
+
+def command_name(argv: list[str]) -> str:
+    """'moderngpt2 bench train' for `bench train --steps 2`: the words of argv that name a known command."""
+    words, table = ["moderngpt2"], COMMANDS
+    for word in argv:
+        if not isinstance(table, dict) or word not in table:
+            break
+        words.append(word)
+        table = table[word]
+    return " ".join(words)
+
+
 def main(argv=None) -> int:
-    # DeepSpeed's launcher writes --local_rank=N before the subcommand; the rank is in LOCAL_RANK too.
+    # DeepSpeed's launcher writes --local_rank=N before the command; the rank is in LOCAL_RANK too.
     argv = take_local_rank(list(sys.argv[1:] if argv is None else argv))
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in SUBCOMMANDS:
-        print(f"moderngpt2: unknown command '{command}'. Choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(SUBCOMMANDS[command][0])
+    command = command_name(argv)
     try:
-        return module.main(rest) or 0
+        return run(argv)
     except UserError as error:
-        print(f"moderngpt2 {command}: error: {error}", file=sys.stderr)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:  # a full or read-only disk, whichever writer met it
         message = filesystem_fault(error)
         if message is None:
             raise
-        print(f"moderngpt2 {command}: error: {message}", file=sys.stderr)
+        print(f"{command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"moderngpt2 {command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -199,6 +199,19 @@ class ModernGPT2Config(PreTrainedConfig):
         kwargs["auto_map"] = {**AUTO_MAP, **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "ModernGPT2Config":
+        """The config of a preset (`tiny` ... `xl`) with any fields overridden; the one way code builds a preset."""
+        return cls(model_size_name=name, **overrides)
+
+    @classmethod
+    def argument_names(cls) -> frozenset:
+        """The settings the constructor takes by name, its own and the standard transformers aliases."""
+        import inspect
+
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        return frozenset(own | set(cls.attribute_map))
+
     def validate_moderngpt2(self):
         """Reject impossible settings with a message naming the field and what is allowed."""
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "num_key_value_heads", "head_dim",

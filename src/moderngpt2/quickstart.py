@@ -16,7 +16,6 @@ there is one (with a larger batch). ``--max_steps`` and ``--corpus_limit`` short
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
 import math
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .argparsing import CommandParser
-from .cli import SUBCOMMANDS
+from . import cli
 from .data.arguments import add_flag
 from .errors import UserError
 from .fileio import atomic_write, write_json
@@ -181,8 +180,7 @@ class Stages:
 
 def run_command(argv: list[str]) -> None:
     """Run a subcommand in this process, through the same entry point the console script uses."""
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    status = module.main(argv[1:])
+    status = cli.run(argv)
     if status:
         raise UserError(f"`moderngpt2 {argv[0]}` stopped with status {status}")
 
