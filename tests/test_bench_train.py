@@ -8,13 +8,8 @@ import torch
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
 from moderngpt2.cli import run as cli_run
-from moderngpt2.bench.common import (
-    build_configs,
-    build_model,
-    matmul_parameter_count,
-    model_flops_utilization,
-    training_flops_per_token,
-)
+from moderngpt2.bench.common import build_configs, build_model
+from moderngpt2.flops import matmul_parameter_count, model_flops_utilization, training_flops_per_token
 from moderngpt2.bench.train import parse_args, run_one
 from moderngpt2.cli import main as cli_main
 

@@ -10,7 +10,8 @@ import torch
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
 from moderngpt2.errors import UserError
 from moderngpt2.training.arguments import parse_arguments
-from moderngpt2.training.callbacks import ThroughputCallback, flops_per_token
+from moderngpt2.flops import flops_per_token
+from moderngpt2.training.callbacks import ThroughputCallback
 from moderngpt2.training.checkpoints import checkpoint_problem, last_complete_checkpoint, resolve_resume
 from moderngpt2.training.model_setup import has_preset_shape, parse_config_overrides, round_up
 from moderngpt2.training.optim import build_parameter_groups, freeze_per_layer_embedding, parameter_group_names

@@ -30,7 +30,7 @@ from .configuration_moderngpt2 import (
     PER_LAYER_GATE_ACTIVATIONS,
     ModernGPT2Config,
 )
-from .errors import UserError
+from .errors import UserError, first_line
 
 CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -207,7 +207,7 @@ def parse_command(prog: str, dataclass_types, argv: list[str], description: str 
         *groups, remaining = parser.parse_args_into_dataclasses(
             args=explicit_switches(argv, parser), look_for_args_file=False, return_remaining_strings=True)
     except (ValueError, TypeError) as error:
-        raise UserError(str(error).splitlines()[0]) from error
+        raise UserError(first_line(error)) from error
     if remaining:
         raise unknown_flags_error(remaining, parser)
     groups = groups[: len(list(dataclass_types))] if not positionals else fill_positionals(groups, positionals)

@@ -23,7 +23,8 @@ from .errors import UserError
 from .fileio import write_json
 from .frameworks import FRAMEWORKS, check_torch_only_flags, load_causal_lm
 from .harness import add_harness_flags, prepare_harness, run_harness
-from .training.inference import DTYPES, load_checkpoint
+from .devices import DTYPES
+from .loading import load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:

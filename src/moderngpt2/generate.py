@@ -13,7 +13,8 @@ from .argparsing import CommandParser
 from .data.arguments import add_flag
 from .errors import UserError
 from .frameworks import FRAMEWORKS, check_torch_only_flags, load_causal_lm
-from .training.inference import DTYPES, load_checkpoint
+from .devices import DTYPES
+from .loading import load_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:

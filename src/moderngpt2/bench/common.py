@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 SIZES = ("tiny", "small", "medium", "large", "xl")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-# bf16 matmul peak measured on one H100 for our anchors (the datasheet's dense figure is 989).
-H100_BF16_PEAK_TFLOPS = 790.0
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -181,38 +179,6 @@ def attention_backend(model: nn.Module, device: torch.device) -> str:
     if isinstance(model, ModernGPT2PreTrainedModel):
         return model.attention_backend(device)
     return str(model.config._attn_implementation)
-
-
-# ----------------------------------------------------------------------------------------------- FLOPs, MFU
-
-
-def matmul_parameter_count(model: nn.Module) -> int:
-    """Parameters that take part in a matrix multiply for every token.
-
-    Embedding tables are lookups and cost no FLOPs, except that a tied LM head multiplies by the input
-    embedding matrix, so it is counted back in.
-    """
-    embedding_weights = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
-    count = sum(p.numel() for p in model.parameters() if id(p) not in embedding_weights)
-    head = model.get_output_embeddings()
-    if head is not None and id(head.weight) in embedding_weights:
-        count += head.weight.numel()
-    return count
-
-
-def training_flops_per_token(matmul_params: int, n_layer: int, attention_width: int, seq_len: int) -> int:
-    """6·N (forward 2·N, backward 4·N) plus 12·L·H·S for the attention scores and their weighted sum.
-
-    H is the query width (heads × head_dim). Counting full, not causal, attention is the usual convention
-    (PaLM, nanoGPT), so the MFU numbers compare with published ones.
-    """
-    return 6 * matmul_params + 12 * n_layer * attention_width * seq_len
-
-
-def model_flops_utilization(tokens_per_s: float, flops_per_token: int, peak_tflops: float | None) -> float | None:
-    if not peak_tflops:
-        return None
-    return tokens_per_s * flops_per_token / (peak_tflops * 1e12)
 
 
 # ----------------------------------------------------------------------------------------------- device

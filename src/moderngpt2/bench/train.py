@@ -11,9 +11,10 @@ import argparse
 import torch
 
 from ..argparsing import CommandParser
+from ..devices import HOPPER_BF16_PEAK_TFLOPS, default_peak_tflops
 from ..errors import UserError
+from ..flops import matmul_parameter_count, model_flops_utilization, training_flops_per_token
 from .common import (
-    H100_BF16_PEAK_TFLOPS,
     DeviceTimer,
     add_common_arguments,
     attention_backend,
@@ -23,15 +24,12 @@ from .common import (
     environment,
     format_table,
     graph_break_count,
-    matmul_parameter_count,
-    model_flops_utilization,
     parse_model_list,
     peak_memory_gib,
     ratio,
     run_isolated,
     run_models,
     resolve_run_settings,
-    training_flops_per_token,
     write_json,
 )
 
@@ -57,7 +55,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"comma-separated subset of {', '.join(MODELS)} (default: {DEFAULT_MODELS}; "
                              "--per-layer adds ours-ple)")
     parser.add_argument("--peak-tflops", "--peak_tflops", type=float, default=None,
-                        help=f"device peak for MFU (default: {H100_BF16_PEAK_TFLOPS:g} on an H100 in bf16, "
+                        help=f"device peak for MFU (default: {HOPPER_BF16_PEAK_TFLOPS:g} on an H100 in bf16, "
                              "otherwise MFU is n/a)")
     parser.add_argument("--compile-backend", "--compile_backend", default="inductor",
                         help="torch.compile backend (default: inductor; 'eager' finds graph breaks in seconds)")
@@ -74,9 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.models = parse_model_list(args.models, MODELS)
     if args.per_layer and "ours-ple" not in args.models:
         args.models.append("ours-ple")
-    if args.peak_tflops is None and args.device.type == "cuda" and args.dtype == "bf16" \
-            and "H100" in torch.cuda.get_device_name(args.device):
-        args.peak_tflops = H100_BF16_PEAK_TFLOPS
+    if args.peak_tflops is None:
+        args.peak_tflops = default_peak_tflops(args.device, "bfloat16" if args.dtype == "bf16" else args.dtype)
     return args
 
 

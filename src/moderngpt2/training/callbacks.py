@@ -6,32 +6,8 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from ..bench.common import H100_BF16_PEAK_TFLOPS, matmul_parameter_count, training_flops_per_token
 from ..fileio import write_json
 from .optim import parameter_group_names
-
-def default_peak_tflops() -> float | None:
-    """The peak of the local accelerator when we know it (H100-class, bf16); MFU is only reported against one."""
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return H100_BF16_PEAK_TFLOPS if any(key in name for key in ("H100", "H200", "H800", "GH200")) else None
-
-
-def flops_per_token(config, sequence_length: int) -> float:
-    """Training FLOPs per token of a model of this config, counted on a weightless (meta) copy.
-
-    Counting on a copy keeps the number right whatever engine holds the real weights (ZeRO-3 and FSDP
-    shards report partial sizes). Same formula as `moderngpt2 bench train`.
-    """
-    from ..modeling_moderngpt2 import ModernGPT2ForCausalLM
-
-    with torch.device("meta"):
-        meta = ModernGPT2ForCausalLM(config)
-    attention_width = config.num_attention_heads * config.head_dim
-    return training_flops_per_token(matmul_parameter_count(meta), config.num_hidden_layers, attention_width,
-                                    sequence_length)
-
 
 class ThroughputCallback(TrainerCallback):
     """Measures tokens/s (and MFU given a peak) over the training steps since the last log line.

@@ -18,21 +18,21 @@ import sys
 from transformers import AutoConfig, set_seed
 
 from ..data.loader import DataFault
+from ..devices import default_peak_tflops
 from ..errors import UserError
 from ..fileio import make_directory, replace_directory, user_error_from
+from ..flops import flops_per_token
+from ..loading import check_model_directory
 from ..tokenization import load_tokenizer, tokenizer_fingerprint
 from .arguments import parse_arguments
 from .callbacks import (
     OptimizerRecordCallback,
     PerLayerStatsCallback,
     ThroughputCallback,
-    default_peak_tflops,
-    flops_per_token,
 )
 from .checkpoints import discard_incomplete_checkpoints, last_complete_checkpoint, resolve_resume
 from .data import load_training_data
 from .final_checkpoint import finalize
-from .inference import check_model_directory
 from .model_setup import build_config, check_block_size, check_parallel_sizes, load_model, per_layer_token_map
 from .plots import plot_loss_curves
 from .trainer import NonFiniteLossError, PretrainingTrainer

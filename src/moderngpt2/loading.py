@@ -2,28 +2,10 @@
 
 import os
 
-import torch
-
-from ..errors import UserError
-from ..fileio import check_safetensors
-from ..jsonfile import read_json_object
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
-    return DTYPES[name]
+from .devices import pick_device, pick_dtype
+from .errors import UserError, first_line
+from .fileio import check_safetensors
+from .jsonfile import read_json_object
 
 
 def check_model_directory(model_dir: str) -> None:
@@ -42,7 +24,7 @@ def load_checkpoint(model_dir: str, device: str = "auto", dtype: str = "auto"):
     """(model in eval mode on the device, tokenizer) from a directory written by `moderngpt2 train`."""
     from transformers import AutoModelForCausalLM
 
-    from ..tokenization import load_tokenizer
+    from .tokenization import load_tokenizer
 
     if not os.path.isdir(model_dir):
         raise UserError(f"{model_dir}: no such model directory (use OUTPUT/final of `moderngpt2 train`)")
@@ -53,6 +35,6 @@ def load_checkpoint(model_dir: str, device: str = "auto", dtype: str = "auto"):
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(dtype, target))
     except (OSError, ValueError) as error:
-        raise UserError(f"{model_dir}: cannot load the model: {str(error).splitlines()[0]}") from error
+        raise UserError(f"{model_dir}: cannot load the model: {first_line(error)}") from error
     tokenizer = load_tokenizer(model_dir)
     return model.to(target).eval(), tokenizer
