@@ -44,4 +44,4 @@ def test_generate_bench_bad_settings_are_one_line_errors(capsys):
     assert cli_main(["bench", "generate", *TINY, "--new-tokens", "0"]) == 2
     assert cli_main(["bench", "generate", *TINY, "--models", "ours,llama"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("moderngpt2 bench generate: error:")]
-    assert len(errors) == 3 and "1,zero" in errors[0] and "--new-tokens" in errors[1] and "llama" in errors[2]
+    assert len(errors) == 3 and "1,zero" in errors[0] and "--new_tokens" in errors[1] and "llama" in errors[2]

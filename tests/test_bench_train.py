@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
-from moderngpt2.cli import run as cli_run
 from moderngpt2.bench.common import build_configs, build_model
-from moderngpt2.flops import matmul_parameter_count, model_flops_utilization, training_flops_per_token
-from moderngpt2.bench.train import parse_args, run_one
+from moderngpt2.bench.train import run_one
 from moderngpt2.cli import main as cli_main
+from moderngpt2.cli import run as cli_run
+from moderngpt2.commands.bench_train import parse_settings
+from moderngpt2.flops import matmul_parameter_count, model_flops_utilization, training_flops_per_token
 
 TINY = ["--size", "tiny", "--vocab-size", "512", "--device", "cpu"]
-
 
 
 def positive(value):
@@ -46,7 +46,7 @@ def test_per_layer_tables_are_not_counted_but_their_projections_are():
 
 
 def test_transformers_models_get_exactly_our_shapes():
-    args = parse_args(TINY + ["--batch", "1", "--seq", "16"])
+    args = parse_settings(TINY + ["--batch", "1", "--seq", "16"])
     configs = build_configs(args, max_positions=16)
     ours = build_model(configs.ours, None, args.device).state_dict()
     gemma2 = build_model(configs.gemma2, "eager", args.device).state_dict()
@@ -107,7 +107,7 @@ def test_compiled_training_step_has_no_graph_breaks():
 
     The per-layer variant runs every code path of the plain model plus its own.
     """
-    args = parse_args(TINY + ["--batch", "2", "--seq", "16", "--steps", "1", "--warmup", "1", "--compile",
+    args = parse_settings(TINY + ["--batch", "2", "--seq", "16", "--steps", "1", "--warmup", "1", "--compile",
                               "--compile-backend", "eager", "--per-layer", "--per-layer-hidden-size", "8",
                               "--per-layer-vocab-size", "100"])
     configs = build_configs(args, max_positions=16)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from moderngpt2.bench.pretokenize import main
+from moderngpt2.cli import run
 
 
 @pytest.mark.slow
@@ -14,8 +14,8 @@ def test_bench_pretokenize_reports_both_throughputs_on_the_same_stream(tmp_path,
         for i in range(600):
             f.write(json.dumps({"text": f"Document {i}: " + "the numbers keep rising and falling. " * (i % 9 + 1)})
                     + "\n")
-    assert main(["--input", str(corpus), "--vocab_size", "400", "--block_size", "64",
-                 "--json", str(tmp_path / "r.json")]) == 0
+    assert run(["bench", "pretokenize", "--input", str(corpus), "--vocab_size", "400", "--block_size", "64",
+                "--json", str(tmp_path / "r.json")]) == 0
     printed = capsys.readouterr().out
     assert "same token stream: yes" in printed and "ratio" in printed
     result = json.loads((tmp_path / "r.json").read_text())

@@ -324,8 +324,8 @@ class ModelShapeArguments:
     head_dim: int | None = arg(None, "size of one attention head")
     n_inner: int | None = arg(None, "MLP width (default 4 x n_embd)")
     rope_theta: float | None = arg(None, "RoPE base frequency")
-    attn_logit_softcapping: float | None = arg(None, "attention logit softcap")
-    final_logit_softcapping: float | None = arg(None, "final logit softcap")
+    attn_logit_softcapping: float | None = arg(None, "attention logit softcap", aliases=("--attn_softcap",))
+    final_logit_softcapping: float | None = arg(None, "final logit softcap", aliases=("--final_softcap",))
     sliding_window: int | None = arg(None, "sliding window of the windowed layers")
     config_overrides: str | None = arg(
         None, "comma-separated config settings applied last, e.g. 'n_layer=2,n_embd=64,n_head=4'")
@@ -337,7 +337,7 @@ class PerLayerShapeArguments:
 
     _argument_group_name = "per-layer embeddings"
 
-    use_per_layer_embedding: bool = arg(False, "enable Gemma3n-style per-layer embeddings")
+    use_per_layer_embedding: bool = arg(False, "enable Gemma3n-style per-layer embeddings", aliases=("--per_layer",))
     per_layer_vocab_size: int | None = arg(None, "rows of the per-layer table")
     per_layer_hidden_size: int | None = arg(None, "per-layer embedding width d")
     per_layer_combination_method: str | None = arg(

@@ -2,8 +2,8 @@
 
 The corpus is English prose that every Python installation carries: the docstrings of the standard library,
 collected at run time (nothing is downloaded, nothing is copied into this repository), with a held-out part
-for evaluation. Every later step is the subcommand a user would run by hand, called through its ``main(argv)``
-with the command line printed first, so the quickstart doubles as a worked example of the flags:
+for evaluation. Every later step is the subcommand a user would run by hand, run in this process through the
+command line's dispatcher with the command line printed first, so the quickstart doubles as a worked example of the flags:
 
     train-tokenizer -> pretokenize -> per-layer-vocab -> train (4 layers x 256, per-layer embeddings; the
     untrained model is evaluated first) -> evaluate -> generate -> loss-curve PNG -> summary
@@ -14,7 +14,6 @@ that of a uniform guess among the 8,192 tokens) to ~150; a second pass mostly me
 there is one (with a larger batch). ``--max_steps`` and ``--corpus_limit`` shorten the run for a smoke test.
 """
 
-import argparse
 import contextlib
 import io
 import json
@@ -24,15 +23,15 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from .argparsing import CommandParser
-from . import cli
-from .data.arguments import add_flag
+from .arguments import arg
 from .errors import UserError
 from .fileio import atomic_write, write_json
+from .metrics import perplexity
 from .training.plots import plot_loss_curves, read_log_history
 
 # A run writes these into its output directory, and `--overwrite` removes exactly these (and nothing else).
@@ -113,23 +112,24 @@ class Layout:
         return self.path("summary.json")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="moderngpt2 quickstart",
-        description="Train a small ModernGPT2 with per-layer embeddings end to end on a corpus built from the "
-                    "Python standard library's docstrings: tokenizer, pretokenized data, per-layer vocabulary, "
-                    "training, perplexity before and after, a sample, TensorBoard logs and a loss-curve PNG.")
-    add_flag(parser, "--output_dir", default="quickstart_output",
-             help="where everything goes (default: ./quickstart_output)")
-    add_flag(parser, "--overwrite", action="store_true",
-             help="replace the output of an earlier quickstart run in --output_dir")
-    add_flag(parser, "--seed", type=int, default=0, help="seed of the held-out split, training and sampling (0)")
-    smoke = parser.add_argument_group("for a smoke run (same stages, shorter)")
-    add_flag(smoke, "--max_steps", type=int, default=DEFAULT_MAX_STEPS,
-             help=f"training steps (default: {DEFAULT_MAX_STEPS})")
-    add_flag(smoke, "--corpus_limit", type=int, default=None,
-             help="keep only the first N training documents (and a twentieth as many held-out ones)")
-    return parser
+@dataclass
+class QuickstartArguments:
+    """Where the run goes, its seed, and how to shorten it for a smoke test."""
+
+    _argument_group_name = "quickstart"
+
+    output_dir: str = arg("quickstart_output", "where everything goes")
+    overwrite: bool = arg(False, "replace the output of an earlier quickstart run in --output_dir")
+    seed: int = arg(0, "seed of the held-out split, training and sampling (default: 0)")
+    max_steps: int = arg(DEFAULT_MAX_STEPS, "training steps (fewer for a smoke run)")
+    corpus_limit: int | None = arg(
+        None, "keep only the first N training documents (and a twentieth as many held-out ones), for a smoke run")
+
+    def __post_init__(self):
+        if self.max_steps < 1:
+            raise UserError(f"--max_steps {self.max_steps}: must be at least 1")
+        if self.corpus_limit is not None and self.corpus_limit < 20:
+            raise UserError(f"--corpus_limit {self.corpus_limit}: keep at least 20 documents")
 
 
 # ----------------------------------------------------------------------------------------------- plumbing
@@ -178,11 +178,17 @@ class Stages:
         print(f"  ({self.seconds[title]:.0f}s)", flush=True)
 
 
-def run_command(argv: list[str]) -> None:
-    """Run a subcommand in this process, through the same entry point the console script uses."""
-    status = cli.run(argv)
-    if status:
-        raise UserError(f"`moderngpt2 {argv[0]}` stopped with status {status}")
+class Commands:
+    """Runs `moderngpt2` command lines in this process through `run_cli` (the CLI's dispatcher, handed in by the
+    command above this library); a non-zero status stops the quickstart."""
+
+    def __init__(self, run_cli: Callable[[list[str]], int]):
+        self.run_cli = run_cli
+
+    def __call__(self, argv: list[str]) -> None:
+        status = self.run_cli(argv)
+        if status:
+            raise UserError(f"`moderngpt2 {argv[0]}` stopped with status {status}")
 
 
 class _Tee(io.TextIOBase):
@@ -249,11 +255,11 @@ def untrained_perplexity(history: list[dict]) -> float:
     """The held-out perplexity the Trainer measured at step 0 (`--eval_on_start`), before any update."""
     for entry in history:
         if entry.get("step") == 0 and "eval_loss" in entry:
-            return math.exp(min(entry["eval_loss"], 700.0))
+            return perplexity(entry["eval_loss"])
     raise UserError("the training log has no evaluation at step 0")
 
 
-def generate_sample(layout: Layout, argv: list[str]) -> str:
+def generate_sample(layout: Layout, argv: list[str], run_command: Commands) -> str:
     """Run `moderngpt2 generate`, showing the text as it comes and saving it to sample.txt."""
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee):
@@ -295,13 +301,11 @@ def print_summary(summary: dict, layout: Layout) -> None:
         print(f"  {command}")
 
 
-def run(args) -> dict:
-    if args.max_steps < 1:
-        raise UserError(f"--max_steps {args.max_steps}: must be at least 1")
-    if args.corpus_limit is not None and args.corpus_limit < 20:
-        raise UserError(f"--corpus_limit {args.corpus_limit}: keep at least 20 documents")
-    layout = Layout(args.output_dir)
-    prepare_output_dir(layout.root, args.overwrite)
+def run(settings: QuickstartArguments, run_cli: Callable[[list[str]], int]) -> dict:
+    """Every stage in turn, each a `moderngpt2` command line given to `run_cli`; the summary (also summary.json)."""
+    run_command = Commands(run_cli)
+    layout = Layout(settings.output_dir)
+    prepare_output_dir(layout.root, settings.overwrite)
     on_gpu = torch.cuda.is_available()
     threads = torch.get_num_threads()
     device = torch.cuda.get_device_name() if on_gpu else f"CPU ({threads} thread{'s' if threads > 1 else ''})"
@@ -309,7 +313,7 @@ def run(args) -> dict:
     stages = Stages(total=8)
 
     with stages.stage("Building an English corpus from the Python standard library's docstrings"):
-        corpus = build_corpus(layout, args.seed, args.corpus_limit)
+        corpus = build_corpus(layout, settings.seed, settings.corpus_limit)
 
     argv = ["train-tokenizer", "--input", corpus["train"], "--output_path", layout.tokenizer,
             "--vocab_size", str(TOKENIZER_VOCAB_SIZE)]
@@ -327,7 +331,7 @@ def run(args) -> dict:
     with stages.stage("Building the per-layer vocabulary", argv):
         run_command(argv)
 
-    argv = train_argv(layout, args.max_steps, args.seed, on_gpu)
+    argv = train_argv(layout, settings.max_steps, settings.seed, on_gpu)
     with stages.stage(f"Training on {device}, with per-layer embeddings (the untrained model is evaluated first)",
                       argv):
         run_command(argv)
@@ -341,9 +345,9 @@ def run(args) -> dict:
         print(f"  perplexity {before:,.1f} before training -> {after['perplexity']:,.1f} after")
 
     argv = ["generate", "--model", layout.model, "--prompt", SAMPLE_PROMPT, "--max_new_tokens", str(SAMPLE_TOKENS),
-            "--seed", str(args.seed)]
+            "--seed", str(settings.seed)]
     with stages.stage("Generating a sample", argv):
-        sample = generate_sample(layout, argv)
+        sample = generate_sample(layout, argv, run_command)
 
     with stages.stage("Plotting the loss curve"):
         plot_loss_curves(layout.trainer_state, layout.loss_curve,
@@ -351,7 +355,7 @@ def run(args) -> dict:
         print(f"  wrote {layout.loss_curve}")
 
     summary = {
-        "wall_seconds": round(time.perf_counter() - start, 1), "device": device, "max_steps": args.max_steps,
+        "wall_seconds": round(time.perf_counter() - start, 1), "device": device, "max_steps": settings.max_steps,
         "corpus_documents": corpus["documents"], "perplexity_before": before,
         "perplexity_after": after["perplexity"], "eval_tokens": after["tokens"], "sample": sample,
         "stage_seconds": stages.seconds, "commands": stages.commands, "next_commands": next_commands(layout),
@@ -362,12 +366,3 @@ def run(args) -> dict:
     write_json(layout.summary, summary)
     print_summary(summary, layout)
     return summary
-
-
-def main(argv=None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,10 @@
-"""What the benchmarks share: the shapes (our preset mirrored into transformers' Gemma2 and Llama), device
-timing, peak memory, the FLOP count behind MFU, the environment record and the printed table.
+"""What the benchmarks share: their arguments, the shapes (our preset mirrored into transformers' Gemma2 and
+Llama), device timing, peak memory, the environment record and the printed table.
 
 The comparison is only fair when every model has the same shapes, so the transformers configs are derived
 from our ``ModernGPT2Config`` preset instead of being written out a second time.
 """
 
-import argparse
 import gc
 import json
 import os
@@ -15,75 +14,77 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UserError
+from ..arguments import ModelShapeArguments, PerLayerShapeArguments, arg, build_config, config_settings
+from ..devices import DTYPES, pick_device, pick_dtype
+from ..errors import UserError, first_line
+from ..fileio import make_directory
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig
 
-SIZES = ("tiny", "small", "medium", "large", "xl")
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# Where the benchmarks differ from ModernGPT2Config's defaults: the `small` preset, Gemma2's softcaps and bf16.
+BENCH_DEFAULTS = {"model_size_name": "small", "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                  "dtype": "bfloat16"}
+ATTENTION_BACKENDS = ("auto", "eager", "sdpa", "flex_attention")
 
 
 # ----------------------------------------------------------------------------------------------- arguments
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags every benchmark takes: the model shape, the softcaps, per-layer embeddings, device and output."""
-    shape = parser.add_argument_group("model shape")
-    shape.add_argument("--size", choices=SIZES, default="small", help="our preset (default: small)")
-    shape.add_argument("--vocab-size", "--vocab_size", type=int, default=32000, help="vocabulary (default: 32000)")
-    shape.add_argument("--attn-softcap", "--attn_softcap", type=float, default=50.0,
-                       help="attention logit softcap, 0 turns it off (default: 50)")
-    shape.add_argument("--final-softcap", "--final_softcap", type=float, default=30.0,
-                       help="final logit softcap, 0 turns it off (default: 30)")
-    shape.add_argument("--no-softcap", "--no_softcap", action="store_true", help="turn both softcaps off")
-    shape.add_argument("--per-layer", "--per_layer", action="store_true",
-                       help="also run our model with per-layer embeddings")
-    shape.add_argument("--per-layer-hidden-size", "--per_layer_hidden_size", type=int, default=256,
-                       help="per-layer embedding width d (default: 256)")
-    shape.add_argument("--per-layer-vocab-size", "--per_layer_vocab_size", type=int, default=10000,
-                       help="per-layer vocabulary V_p (default: 10000)")
-    shape.add_argument("--ours-attn", "--ours_attn", choices=("auto", "eager", "sdpa", "flex_attention"),
-                       default="auto", help="attention backend of our model (default: the model's own choice)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="cuda, cuda:N or cpu (default: cuda when there is one)")
-    run.add_argument("--dtype", choices=tuple(DTYPES), default="bf16",
-                     help="compute dtype: autocast over fp32 weights in training, the weights' dtype in generation "
-                          "(default: bf16)")
-    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                     help="torch.compile the models (default: on for CUDA, off for the CPU)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
+@dataclass
+class ModelBenchArguments:
+    """What the model benchmarks (train, generate) take besides the shape, the device and the output."""
+
+    _argument_group_name = "run"
+
+    no_softcap: bool = arg(False, "turn both softcaps off (a softcap of 0 turns one off)")
+    ours_attn: str = arg("auto", "attention backend of our model (auto: the model's own choice)",
+                         choices=ATTENTION_BACKENDS)
+    compile: bool | None = arg(None, "torch.compile the models (default: on for CUDA, off for the CPU)",
+                               nargs="?", const=True)
+    no_compile: bool = arg(False, "never torch.compile the models")
+    seed: int = arg(0, "seed of the weights and the inputs")
 
 
-def resolve_run_settings(args: argparse.Namespace) -> None:
-    """Fill in the defaults that depend on the machine, and reject impossible settings with one clear line."""
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        raise UserError(f"--device {args.device}: not a device name; use cuda, cuda:N or cpu") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: no CUDA device is visible here; use --device cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    args.device = device
-    if args.compile is None:
-        args.compile = args.device.type == "cuda"
-    if args.no_softcap:
-        args.attn_softcap = args.final_softcap = 0.0
-    for flag in ("vocab_size", "per_layer_hidden_size", "per_layer_vocab_size"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.attn_softcap < 0 or args.final_softcap < 0:
-        raise UserError("softcaps must be positive (or 0 to turn them off)")
+@dataclass
+class JsonOutputArguments:
+    """Where a benchmark also writes its results; checked before any measuring starts."""
+
+    _argument_group_name = "output"
+
+    output_json: str | None = arg(None, "also write the results to this JSON file", aliases=("--json",),
+                                  metavar="OUT")
+
+    def __post_init__(self):
+        if self.output_json:
+            make_directory(os.path.dirname(os.path.abspath(self.output_json)), "--output_json")
+
+
+def resolve_model_bench(groups) -> SimpleNamespace:
+    """One flat view of a model benchmark's parsed groups (their field names are distinct), with the
+    machine-dependent choices made: the device, the dtype's long name, compile on CUDA unless told, and the
+    config settings of our model (`settings.model`; a softcap of 0 is none)."""
+    settings = SimpleNamespace(**{name: value for group in groups for name, value in vars(group).items()})
+    settings.device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, settings.device)
+    settings.dtype = next(name for name, value in DTYPES.items() if value == dtype)
+    settings.compile = False if settings.no_compile else (
+        settings.device.type == "cuda" if settings.compile is None else settings.compile)
+    model = config_settings(*(group for group in groups
+                              if isinstance(group, (ModelShapeArguments, PerLayerShapeArguments))))
+    settings.per_layer = model.pop("use_per_layer_embedding", False)
+    for name in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if settings.no_softcap or not model.get(name):
+            model[name] = None
+    settings.model = model
+    return settings
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
@@ -119,27 +120,15 @@ class BenchConfigs:
     llama: "PreTrainedConfig"
 
 
-def build_configs(args: argparse.Namespace, max_positions: int) -> BenchConfigs:
-    """The configs of every model at the same shapes; an impossible shape is the user's error."""
-    try:
-        return _build_configs(args, max_positions)
-    except ValueError as error:
-        raise UserError(str(error)) from error
-
-
-def _build_configs(args: argparse.Namespace, max_positions: int) -> BenchConfigs:
+def build_configs(settings: SimpleNamespace, max_positions: int) -> BenchConfigs:
+    """The configs of every model at the same shapes (ours from the user's settings, the others mirrored from
+    it), for sequences of up to `max_positions` tokens; an impossible shape is the user's error."""
     from transformers import Gemma2Config, LlamaConfig
 
-    from .. import ModernGPT2Config
-
-    attn_cap = args.attn_softcap or None
-    final_cap = args.final_softcap or None
-    common = dict(vocab_size=args.vocab_size, n_positions=max_positions, attn_logit_softcapping=attn_cap,
-                  final_logit_softcapping=final_cap, use_cache=True)
-    ours = ModernGPT2Config(model_size_name=args.size, **common)
-    ours_per_layer = ModernGPT2Config(
-        model_size_name=args.size, use_per_layer_embedding=True, per_layer_hidden_size=args.per_layer_hidden_size,
-        per_layer_vocab_size=args.per_layer_vocab_size, **common)
+    common = {**settings.model, "n_positions": max_positions, "use_cache": True}
+    ours = build_config(**common)
+    ours_per_layer = build_config(**common, use_per_layer_embedding=True)
+    attn_cap, final_cap = ours.attn_logit_softcapping, ours.final_logit_softcapping
     special = dict(bos_token_id=ours.bos_token_id, eos_token_id=ours.eos_token_id, pad_token_id=ours.pad_token_id)
     shared = dict(
         vocab_size=ours.vocab_size, hidden_size=ours.hidden_size, intermediate_size=ours.intermediate_size,
@@ -149,8 +138,9 @@ def _build_configs(args: argparse.Namespace, max_positions: int) -> BenchConfigs
         tie_word_embeddings=True, attention_dropout=0.0, **special)
     gemma2 = Gemma2Config(
         hidden_activation=ours.activation_function, query_pre_attn_scalar=ours.query_pre_attn_scalar,
-        attn_logit_softcapping=attn_cap, final_logit_softcapping=final_cap,
-        layer_types=["full_attention"] * ours.num_hidden_layers, **shared)
+        attn_logit_softcapping=attn_cap, final_logit_softcapping=final_cap, layer_types=ours.layer_types,
+        # transformers' Gemma2 builds its sliding mask even when no layer uses it: keep its default window then.
+        **({"sliding_window": ours.sliding_window} if ours.sliding_window else {}), **shared)
     # Llama has neither softcaps nor sandwich norms: it is the speed a plain sdpa decoder of these shapes reaches.
     llama = LlamaConfig(hidden_act=ours.activation_function, **shared)
     return BenchConfigs(ours=ours, ours_per_layer=ours_per_layer, gemma2=gemma2, llama=llama)
@@ -240,7 +230,7 @@ def run_isolated(bench, device: torch.device) -> dict:
         return {"error": "out of memory"}
     except Exception as error:  # noqa: BLE001 - see the docstring
         traceback.print_exc(file=sys.stderr)
-        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
+        return {"error": f"{type(error).__name__}: {first_line(error)}"}
     finally:
         release_memory(device)
 
@@ -261,6 +251,7 @@ def peak_memory_gib(device: torch.device) -> float | None:
 
 
 def autocast(device: torch.device, dtype_name: str):
+    """Mixed precision in `dtype_name` over fp32 weights (nothing to do in float32)."""
     dtype = DTYPES[dtype_name]
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
@@ -335,15 +326,3 @@ def format_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, data: dict) -> None:
-    """Write atomically: a reader never sees half a file, and an old result survives a failed run."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        temporary = f"{path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except OSError as error:
-        raise UserError(f"cannot write the results to {path}: {error.strerror}; choose another --json path") from error

@@ -11,18 +11,19 @@ loaded from the same saved checkpoint (jitted or ``tf.function``-traced, fixed-s
 prompts, and prints the JAX/PyTorch (TF/PyTorch) ratio.
 """
 
-import argparse
 import statistics
 import tempfile
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
-from ..argparsing import CommandParser
+from ..arguments import arg
+from ..devices import DTYPES
 from ..errors import UserError
+from ..fileio import write_json
 from .common import (
-    DTYPES,
     DeviceTimer,
-    add_common_arguments,
     attention_backend,
     build_configs,
     build_model,
@@ -33,10 +34,9 @@ from .common import (
     peak_memory_gib,
     ratio,
     release_memory,
+    resolve_model_bench,
     run_isolated,
     run_models,
-    resolve_run_settings,
-    write_json,
 )
 
 FRAMEWORKS = ("jax", "tf")  # the other implementations, each also the name of its model here
@@ -44,80 +44,84 @@ MODELS = ("ours", "ours-static", "ours-ple", "gemma2", "gemma2-static", *FRAMEWO
 OURS = ("ours", "ours-static", "ours-ple")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = CommandParser(
-        prog="moderngpt2 bench generate",
-        description="Greedy generation tokens/s of ModernGPT2 against transformers' Gemma2 at identical shapes.")
-    parser.add_argument("--batch", default="1,16", help="batch sizes, comma-separated (default: 1,16)")
-    parser.add_argument("--prompt-len", "--prompt_len", type=int, default=128, help="prompt tokens (default: 128)")
-    parser.add_argument("--new-tokens", "--new_tokens", type=int, default=128, help="tokens to generate (default: 128)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed generate calls per batch size (default: 3)")
-    parser.add_argument("--models", default=None,
-                        help=f"comma-separated subset of {', '.join(MODELS)} (default: all but ours-ple on CUDA, "
-                             "ours,gemma2 on the CPU; --per-layer adds ours-ple)")
-    parser.add_argument("--gemma2-attn", "--gemma2_attn", choices=("eager", "flex_attention"), default="eager",
-                        help="Gemma2's attention backend (default: eager, transformers' choice for Gemma2)")
-    parser.add_argument("--framework", choices=("torch", *FRAMEWORKS), default="torch",
-                        help="jax or tf: compare moderngpt2.jax or moderngpt2.tf with our PyTorch model on one "
-                             "checkpoint (default: torch)")
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    resolve_run_settings(args)
-    args.batch = parse_int_list(args.batch, "--batch")
-    for flag in ("prompt_len", "new_tokens", "repeats"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
-    default_models = "ours,ours-static,gemma2,gemma2-static" if args.device.type == "cuda" else "ours,gemma2"
-    if args.framework != "torch":
-        default_models = f"ours,{args.framework}"
-    if args.framework == "tf" and args.dtype != "fp32":
-        raise UserError(f"--dtype {args.dtype}: the TensorFlow model computes in float32; pass --dtype fp32 so both "
-                        "models run in the same dtype")
-    args.models = parse_model_list(args.models or default_models, MODELS)
-    if args.per_layer and "ours-ple" not in args.models:
-        args.models.append("ours-ple")
-    return args
+@dataclass
+class GenerateBenchArguments:
+    """The generation every model runs, which models, and which implementations."""
+
+    _argument_group_name = "generation benchmark"
+
+    batch: str = arg("1,16", "batch sizes, comma-separated")
+    prompt_len: int = arg(128, "prompt tokens")
+    new_tokens: int = arg(128, "tokens to generate")
+    repeats: int = arg(3, "timed generate calls per batch size")
+    models: str | None = arg(None, f"comma-separated subset of {', '.join(MODELS)} (default: all but ours-ple on "
+                                   "CUDA, ours,gemma2 on the CPU; --use_per_layer_embedding adds ours-ple)")
+    gemma2_attn: str = arg("eager", "Gemma2's attention backend (eager: transformers' choice for Gemma2)",
+                           choices=("eager", "flex_attention"))
+    framework: str = arg("torch", "jax or tf: compare moderngpt2.jax or moderngpt2.tf with our PyTorch model on one "
+                                  "checkpoint", choices=("torch", *FRAMEWORKS))
+
+    def __post_init__(self):
+        for flag in ("prompt_len", "new_tokens", "repeats"):
+            if getattr(self, flag) <= 0:
+                raise UserError(f"--{flag} must be a positive integer, got {getattr(self, flag)}")
 
 
-def measure_generation(model: torch.nn.Module, args: argparse.Namespace, batch: int, static: bool) -> dict:
-    """Median seconds of one greedy ``generate`` call that produces exactly ``args.new_tokens`` per sequence."""
-    settings = dict(
-        max_new_tokens=args.new_tokens, do_sample=False,
+def resolve_settings(*groups) -> SimpleNamespace:
+    """The parsed groups (GenerateBenchArguments and the shared ones) as the settings of one run on this machine."""
+    settings = resolve_model_bench(groups)
+    settings.batch = parse_int_list(settings.batch, "--batch")
+    default_models = "ours,ours-static,gemma2,gemma2-static" if settings.device.type == "cuda" else "ours,gemma2"
+    if settings.framework != "torch":
+        default_models = f"ours,{settings.framework}"
+    if settings.framework == "tf" and settings.dtype != "float32":
+        raise UserError(f"--dtype {settings.dtype}: the TensorFlow model computes in float32; pass --dtype float32 "
+                        "so both models run in the same dtype")
+    settings.models = parse_model_list(settings.models or default_models, MODELS)
+    if settings.per_layer and "ours-ple" not in settings.models:
+        settings.models.append("ours-ple")
+    return settings
+
+
+def measure_generation(model: torch.nn.Module, settings: SimpleNamespace, batch: int, static: bool) -> dict:
+    """Median seconds of one greedy ``generate`` call that produces exactly ``settings.new_tokens`` per sequence."""
+    options = dict(
+        max_new_tokens=settings.new_tokens, do_sample=False,
         # No end-of-sequence token: every call generates exactly new_tokens, so all models do the same work.
         eos_token_id=None, pad_token_id=0,
         cache_implementation="static" if static else None,
         # transformers compiles the decode step itself when the cache is static and the device is a GPU.
-        disable_compile=not (static and args.compile),
+        disable_compile=not (static and settings.compile),
     )
 
     def generate(prompt):
-        prompt = prompt.to(args.device)
-        return model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)
+        prompt = prompt.to(settings.device)
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), **options)
 
-    return time_generation(generate, model.config.vocab_size, args, batch)
+    return time_generation(generate, model.config.vocab_size, settings, batch)
 
 
-def time_generation(generate, vocab_size: int, args: argparse.Namespace, batch: int) -> dict:
+def time_generation(generate, vocab_size: int, settings: SimpleNamespace, batch: int) -> dict:
     """Time `generate(prompt)` on random prompts (the same for every model): one untimed call, then the median."""
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    prompt = torch.randint(0, vocab_size, (batch, args.prompt_len), generator=generator)
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    prompt = torch.randint(0, vocab_size, (batch, settings.prompt_len), generator=generator)
     seconds = []
-    with DeviceTimer(args.device) as warmup:
+    with DeviceTimer(settings.device) as warmup:
         generate(prompt)
-    for _ in range(args.repeats):
-        with DeviceTimer(args.device) as timed:
+    for _ in range(settings.repeats):
+        with DeviceTimer(settings.device) as timed:
             output = generate(prompt)
         seconds.append(timed.seconds)
-    generated = output.shape[1] - args.prompt_len
-    if generated != args.new_tokens:
-        raise RuntimeError(f"generate produced {generated} new tokens instead of {args.new_tokens}")
+    generated = output.shape[1] - settings.prompt_len
+    if generated != settings.new_tokens:
+        raise RuntimeError(f"generate produced {generated} new tokens instead of {settings.new_tokens}")
     median = statistics.median(seconds)
     return {
-        "tokens_per_s": batch * args.new_tokens / median,
-        "ms_per_token": median / args.new_tokens * 1000,
+        "tokens_per_s": batch * settings.new_tokens / median,
+        "ms_per_token": median / settings.new_tokens * 1000,
         "seconds": median,
         "warmup_s": warmup.seconds,
-        "peak_memory_gib": peak_memory_gib(args.device),
+        "peak_memory_gib": peak_memory_gib(settings.device),
     }
 
 
@@ -145,50 +149,50 @@ def match_tensorflow_threads() -> int:
     return tf.config.threading.get_intra_op_parallelism_threads()
 
 
-def bench_framework(framework: str, configs, args: argparse.Namespace) -> dict:
+def bench_framework(framework: str, configs, settings: SimpleNamespace) -> dict:
     """moderngpt2.<framework> loaded from a checkpoint of our model (same config, seed and dtype as `ours`)."""
     from ..frameworks import load_causal_lm
 
     threads = {"threads": match_tensorflow_threads()} if framework == "tf" else {}
-    torch.manual_seed(args.seed)
+    torch.manual_seed(settings.seed)
     with tempfile.TemporaryDirectory() as checkpoint:
-        build_model(configs.ours, None, torch.device("cpu")).to(DTYPES[args.dtype]).save_pretrained(checkpoint)
+        build_model(configs.ours, None, torch.device("cpu")).to(DTYPES[settings.dtype]).save_pretrained(checkpoint)
         model = load_causal_lm(framework, checkpoint)
     described = {"implementation": f"moderngpt2.{framework}", "attn_implementation": framework_attention(framework),
                  "cache": "static", "compiled": True, **threads}
 
     def generate(prompt):
-        return model.generate(prompt.numpy(), max_new_tokens=args.new_tokens, pad_token_id=0)
+        return model.generate(prompt.numpy(), max_new_tokens=settings.new_tokens, pad_token_id=0)
 
-    return {str(batch): {**described, **time_generation(generate, model.config["vocab_size"], args, batch)}
-            for batch in args.batch}
+    return {str(batch): {**described, **time_generation(generate, model.config["vocab_size"], settings, batch)}
+            for batch in settings.batch}
 
 
-def bench_model(name: str, configs, args: argparse.Namespace) -> dict:
+def bench_model(name: str, configs, settings: SimpleNamespace) -> dict:
     """Build one model once and measure it at every batch size; its results keyed by batch size."""
     if name in FRAMEWORKS:
-        return bench_framework(name, configs, args)
+        return bench_framework(name, configs, settings)
     if name.startswith("ours"):
         config = configs.ours_per_layer if name == "ours-ple" else configs.ours
-        model = build_model(config, args.ours_attn, args.device)
+        model = build_model(config, settings.ours_attn, settings.device)
     else:
-        model = build_model(configs.gemma2, args.gemma2_attn, args.device)
-    model.to(DTYPES[args.dtype]).eval()
+        model = build_model(configs.gemma2, settings.gemma2_attn, settings.device)
+    model.to(DTYPES[settings.dtype]).eval()
     static = name.endswith("-static")
-    described = {"implementation": type(model).__name__, "attn_implementation": attention_backend(model, args.device),
-                 "cache": "static" if static else "dynamic",
-                 "compiled": static and args.compile and args.device.type == "cuda"}
+    described = {"implementation": type(model).__name__,
+                 "attn_implementation": attention_backend(model, settings.device), "cache": "static" if static else "dynamic",
+                 "compiled": static and settings.compile and settings.device.type == "cuda"}
     results = {}
-    for batch in args.batch:
-        release_memory(args.device)
-        results[str(batch)] = {**described, **measure_generation(model, args, batch, static)}
+    for batch in settings.batch:
+        release_memory(settings.device)
+        results[str(batch)] = {**described, **measure_generation(model, settings, batch, static)}
     return results
 
 
-def run_one(name: str, configs, args: argparse.Namespace) -> dict:
+def run_one(name: str, configs, settings: SimpleNamespace) -> dict:
     """One model's results by batch size; a failure is recorded for every batch size."""
-    result = run_isolated(lambda: bench_model(name, configs, args), args.device)
-    return {str(batch): result for batch in args.batch} if "error" in result else result
+    result = run_isolated(lambda: bench_model(name, configs, settings), settings.device)
+    return {str(batch): result for batch in settings.batch} if "error" in result else result
 
 
 def ratios(by_batch: dict) -> dict:
@@ -204,11 +208,12 @@ def ratios(by_batch: dict) -> dict:
     return table
 
 
-def print_report(report: dict) -> None:
+def format_report(report: dict) -> str:
+    """The table and the ratios, as printed after a run."""
     settings = report["settings"]
-    print(f"\nbench generate on {report['environment']['device']}: size {settings['size']}, prompt "
-          f"{settings['prompt_len']}, {settings['new_tokens']} new tokens, greedy, {settings['dtype']} weights, "
-          f"median of {settings['repeats']}\n")
+    lines = [f"\nbench generate on {report['environment']['device']}: size {settings['size']}, prompt "
+             f"{settings['prompt_len']}, {settings['new_tokens']} new tokens, greedy, {settings['dtype']} weights, "
+             f"median of {settings['repeats']}\n"]
     rows, notes = [], []
     for batch, results in report["results"].items():
         for name, result in results.items():
@@ -219,38 +224,46 @@ def print_report(report: dict) -> None:
             else:
                 rows.append([batch, name, "failed"] + [None] * 6)
                 notes.append(f"{name} at batch {batch} failed: {result['error']}")
-    print(format_table(["batch", "model", "attention", "cache", "compiled", "tokens/s", "ms/token", "peak GiB",
-                        "warmup s"], rows))
-    print("\n".join(notes))
+    lines.append(format_table(["batch", "model", "attention", "cache", "compiled", "tokens/s", "ms/token",
+                               "peak GiB", "warmup s"], rows))
+    lines.append("\n".join(notes))
     for batch, pairs in report["ratios"].items():
         if pairs:
-            print(f"batch {batch}: " + ", ".join(f"{pair} {value:.2f}x" for pair, value in pairs.items()))
+            lines.append(f"batch {batch}: " + ", ".join(f"{pair} {value:.2f}x" for pair, value in pairs.items()))
+    return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    configs = build_configs(args, max_positions=args.prompt_len + args.new_tokens)
-    save = (lambda per_model: write_json(args.json, build_report(per_model, args))) if args.json else None
-    per_model = run_models(args.models, lambda name: run_one(name, configs, args), desc="bench generate",
-                           after_each=save)
-    report = build_report(per_model, args)
-    print_report(report)
-    failed = any("error" in result for results in report["results"].values() for result in results.values())
-    return 1 if failed else 0
+def run_benchmark(settings: SimpleNamespace) -> dict:
+    """Measure every model in turn; the report (rewritten to --output_json after each model) of all of them."""
+    torch.manual_seed(settings.seed)
+    configs = build_configs(settings, max_positions=settings.prompt_len + settings.new_tokens)
+
+    def save(per_model):
+        write_json(settings.output_json, build_report(per_model, configs, settings))
+
+    per_model = run_models(settings.models, lambda name: run_one(name, configs, settings), desc="bench generate",
+                           after_each=save if settings.output_json else None)
+    return build_report(per_model, configs, settings)
 
 
-def build_report(per_model: dict, args: argparse.Namespace) -> dict:
+def failed(report: dict) -> bool:
+    return any("error" in result for results in report["results"].values() for result in results.values())
+
+
+def build_report(per_model: dict, configs, settings: SimpleNamespace) -> dict:
     """Environment, settings, and the results and ratios by batch size of the models measured so far."""
-    by_batch = {str(batch): {name: result[str(batch)] for name, result in per_model.items()} for batch in args.batch}
+    by_batch = {str(batch): {name: result[str(batch)] for name, result in per_model.items()}
+                for batch in settings.batch}
     return {
         "benchmark": "generate",
-        "environment": environment(args.device),
+        "environment": environment(settings.device),
         "settings": {
-            "size": args.size, "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
-            "repeats": args.repeats, "dtype": args.dtype, "compile": args.compile, "vocab_size": args.vocab_size,
-            "attn_softcap": args.attn_softcap or None, "final_softcap": args.final_softcap or None,
-            "ours_attn": args.ours_attn, "gemma2_attn": args.gemma2_attn, "models": args.models,
+            "size": settings.model_size_name, "batch": settings.batch, "prompt_len": settings.prompt_len,
+            "new_tokens": settings.new_tokens, "repeats": settings.repeats, "dtype": settings.dtype,
+            "compile": settings.compile, "vocab_size": configs.ours.vocab_size,
+            "attn_softcap": configs.ours.attn_logit_softcapping,
+            "final_softcap": configs.ours.final_logit_softcapping,
+            "ours_attn": settings.ours_attn, "gemma2_attn": settings.gemma2_attn, "models": settings.models,
         },
         "results": by_batch,
         "ratios": ratios(by_batch),

@@ -11,41 +11,50 @@ Without ``--input`` the corpus is the standard library's docstrings (repeated ``
 without ``--tokenizer_path`` a byte-level BPE tokenizer is trained on it first (not timed).
 """
 
-import argparse
+import contextlib
+import io
 import itertools
 import json
 import os
-import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..argparsing import CommandParser
-from ..data.arguments import add_flag
+from ..arguments import arg
 from ..data.blocks import iter_shard_blocks
-from ..data.pretokenize import build_parser as pretokenize_parser
-from ..data.pretokenize import pretokenize
 from ..data.sources import iter_texts
 from ..data.stdlib_corpus import build_stdlib_corpus
 from ..errors import UserError
+from ..fileio import write_json
 from ..tokenization import load_tokenizer, save_tokenizer, train_tokenizer
 
+BASELINE = "datasets.map(batched=True) + fast tokenizer, group_texts, to_parquet"
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="moderngpt2 bench pretokenize", description=__doc__.split("\n\n")[0])
-    add_flag(parser, "--input", default=None, help="a JSON Lines file (default: the stdlib docstring corpus)")
-    add_flag(parser, "--repeat", type=int, default=8, help="copies of the default corpus (default: 8, ~18 MB)")
-    add_flag(parser, "--tokenizer_path", default=None, help="tokenizer (default: BPE trained on the corpus)")
-    add_flag(parser, "--vocab_size", type=int, default=32000, help="vocabulary of the trained tokenizer (32000)")
-    add_flag(parser, "--block_size", type=int, default=1024, help="tokens per block (default: 1024)")
-    add_flag(parser, "--num_proc", type=int, default=1,
-             help="our --num_proc (default: 1, the Rust encoder's own threads)")
-    add_flag(parser, "--baseline_num_proc", type=int, default=None,
-             help="num_proc of the baseline's map (default: --num_proc; 1 means map without num_proc)")
-    add_flag(parser, "--runs", type=int, default=1, help="runs of each; the best time counts (default: 1)")
-    add_flag(parser, "--json", default=None, help="also write the results to this JSON file")
-    return parser
+
+@dataclass
+class PretokenizeBenchArguments:
+    """The corpus, the tokenizer and the worker counts of both pipelines."""
+
+    _argument_group_name = "pretokenization benchmark"
+
+    input: str | None = arg(None, "a JSON Lines file (default: the stdlib docstring corpus)")
+    repeat: int = arg(8, "copies of the default corpus (8: ~18 MB)")
+    tokenizer_path: str | None = arg(None, "tokenizer (default: BPE trained on the corpus)")
+    vocab_size: int = arg(32000, "vocabulary of the trained tokenizer")
+    block_size: int = arg(1024, "tokens per block")
+    num_proc: int = arg(1, "our --num_proc (1: the Rust encoder's own threads)")
+    baseline_num_proc: int | None = arg(
+        None, "num_proc of the baseline's map (default: --num_proc; 1 means map without num_proc)")
+    runs: int = arg(1, "runs of each; the best time counts")
+
+    def __post_init__(self):
+        if self.runs < 1 or self.repeat < 1:
+            raise UserError("--runs and --repeat must be at least 1")
+        if self.input is not None and not os.path.isfile(self.input):
+            raise UserError(f"Input file not found: {self.input}")
 
 
 def _default_corpus(workdir: str, repeat: int) -> str:
@@ -59,12 +68,17 @@ def _default_corpus(workdir: str, repeat: int) -> str:
     return path
 
 
-def run_ours(corpus: str, tokenizer_path: str, out: str, block_size: int, num_proc: int) -> float:
-    args = pretokenize_parser().parse_args([
-        "--tokenizer_path", tokenizer_path, "--input", corpus, "--output_path", out, "--block_size", str(block_size),
-        "--validation_split_percentage", "0", "--num_proc", str(num_proc), "--no_progress", "--overwrite"])
+def run_ours(run_command: Callable[[list[str]], int], corpus: str, tokenizer_path: str, out: str,
+             block_size: int, num_proc: int) -> float:
+    """Seconds of `moderngpt2 pretokenize` on the corpus (its summary is not printed)."""
+    argv = ["pretokenize", "--tokenizer_path", tokenizer_path, "--input", corpus, "--output_path", out,
+            "--block_size", str(block_size), "--validation_split_percentage", "0", "--num_proc", str(num_proc),
+            "--no_progress", "--overwrite"]
     start = time.perf_counter()
-    pretokenize(args)
+    with contextlib.redirect_stdout(io.StringIO()):
+        status = run_command(argv)
+    if status:
+        raise UserError(f"`moderngpt2 pretokenize` stopped with status {status}")
     return time.perf_counter() - start
 
 
@@ -106,46 +120,49 @@ def _same_stream(ours_dir: str, tokenized, block_size: int) -> bool:
     return ours.size == stream.size // block_size * block_size and bool((ours == stream[:ours.size]).all())
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.runs < 1 or args.repeat < 1:
-        raise UserError("--runs and --repeat must be at least 1")
-    baseline_procs = args.num_proc if args.baseline_num_proc is None else args.baseline_num_proc
+def run_benchmark(settings: PretokenizeBenchArguments, output_json: str | None,
+                  run_command: Callable[[list[str]], int]) -> dict:
+    """Both pipelines on one corpus, `settings.runs` times each; their best throughputs and whether they agree.
+
+    `run_command` runs a `moderngpt2` command line in this process (the CLI's dispatcher, which sits above
+    this library): ours is timed exactly as a user runs it.
+    """
+    baseline_procs = settings.num_proc if settings.baseline_num_proc is None else settings.baseline_num_proc
     with tempfile.TemporaryDirectory(prefix="bench-pretokenize-") as workdir:
-        corpus = args.input or _default_corpus(workdir, args.repeat)
-        if not os.path.isfile(corpus):
-            raise UserError(f"Input file not found: {corpus}")
-        tokenizer_path = args.tokenizer_path
+        corpus = settings.input or _default_corpus(workdir, settings.repeat)
+        tokenizer_path = settings.tokenizer_path
         if tokenizer_path is None:
             tokenizer_path = os.path.join(workdir, "tokenizer")
-            save_tokenizer(train_tokenizer(iter_texts([corpus]), vocab_size=args.vocab_size, progress=False),
+            save_tokenizer(train_tokenizer(iter_texts([corpus]), vocab_size=settings.vocab_size, progress=False),
                            tokenizer_path)
         tokenizer = load_tokenizer(tokenizer_path)
         megabytes = os.path.getsize(corpus) / 1e6
         ours_times, baseline_times = [], []
-        for run in range(args.runs):
-            ours_times.append(run_ours(corpus, tokenizer_path, os.path.join(workdir, "ours"), args.block_size,
-                                       args.num_proc))
+        for run in range(settings.runs):
+            ours_times.append(run_ours(run_command, corpus, tokenizer_path, os.path.join(workdir, "ours"),
+                                       settings.block_size, settings.num_proc))
             seconds, tokenized = run_baseline(corpus, tokenizer, os.path.join(workdir, f"baseline-{run}.parquet"),
-                                              os.path.join(workdir, f"cache-{run}"), args.block_size, baseline_procs)
+                                              os.path.join(workdir, f"cache-{run}"), settings.block_size,
+                                              baseline_procs)
             baseline_times.append(seconds)
-        identical = _same_stream(os.path.join(workdir, "ours"), tokenized, args.block_size)
+        identical = _same_stream(os.path.join(workdir, "ours"), tokenized, settings.block_size)
     ours, baseline = megabytes / min(ours_times), megabytes / min(baseline_times)
-    result = {"corpus_mb": round(megabytes, 3), "vocab_size": len(tokenizer), "block_size": args.block_size,
-              "num_proc": args.num_proc, "baseline_num_proc": baseline_procs, "cpus": os.cpu_count(),
+    result = {"corpus_mb": round(megabytes, 3), "vocab_size": len(tokenizer), "block_size": settings.block_size,
+              "num_proc": settings.num_proc, "baseline_num_proc": baseline_procs, "cpus": os.cpu_count(),
               "ours_mb_per_s": round(ours, 3), "baseline_mb_per_s": round(baseline, 3),
               "ratio": round(ours / baseline, 3), "same_token_stream": identical, "ours_seconds": ours_times,
               "baseline_seconds": baseline_times}
-    print(f"corpus {megabytes:.1f} MB, vocabulary {len(tokenizer)}, block {args.block_size}, num_proc {args.num_proc} "
-          f"(baseline {baseline_procs}), {os.cpu_count()} CPUs")
-    print(f"ours      {ours:7.2f} MB/s")
-    print(f"baseline  {baseline:7.2f} MB/s   (datasets.map(batched=True) + fast tokenizer, group_texts, to_parquet)")
-    print(f"ratio     {ours / baseline:7.2f}x   same token stream: {'yes' if identical else 'NO'}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-    return 0 if identical else 1
+    if output_json:
+        write_json(output_json, result)
+    return result
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def format_report(result: dict) -> str:
+    """Both throughputs, their ratio and whether the token streams agree."""
+    return "\n".join([
+        f"corpus {result['corpus_mb']:.1f} MB, vocabulary {result['vocab_size']}, block {result['block_size']}, "
+        f"num_proc {result['num_proc']} (baseline {result['baseline_num_proc']}), {result['cpus']} CPUs",
+        f"ours      {result['ours_mb_per_s']:7.2f} MB/s",
+        f"baseline  {result['baseline_mb_per_s']:7.2f} MB/s   ({BASELINE})",
+        f"ratio     {result['ratio']:7.2f}x   same token stream: {'yes' if result['same_token_stream'] else 'NO'}",
+    ])

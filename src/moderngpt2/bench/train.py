@@ -2,21 +2,22 @@
 
 Every model gets the same shapes, the same random token batch and full training steps (forward, backward,
 AdamW — fused on CUDA) under bf16 autocast, in one process, one model at a time. Warmup steps (compilation
-included) are timed separately and excluded from tokens/s. Prints a table and the ratios the speed targets
-are stated in; ``--json`` keeps everything.
+included) are timed separately and excluded from tokens/s. Reports a table and the ratios the speed targets
+are stated in; ``--output_json`` keeps everything.
 """
 
-import argparse
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
-from ..argparsing import CommandParser
+from ..arguments import arg
 from ..devices import HOPPER_BF16_PEAK_TFLOPS, default_peak_tflops
 from ..errors import UserError
+from ..fileio import write_json
 from ..flops import matmul_parameter_count, model_flops_utilization, training_flops_per_token
 from .common import (
     DeviceTimer,
-    add_common_arguments,
     attention_backend,
     autocast,
     build_configs,
@@ -27,10 +28,9 @@ from .common import (
     parse_model_list,
     peak_memory_gib,
     ratio,
+    resolve_model_bench,
     run_isolated,
     run_models,
-    resolve_run_settings,
-    write_json,
 )
 
 MODELS = ("ours", "ours-ple", "gemma2-eager", "gemma2-flex", "llama-sdpa")
@@ -42,55 +42,57 @@ SPEEDUP_OVER_GEMMA2_TARGET = 1.3
 PER_LAYER_OVERHEAD_TARGETS = {"small": 0.08, "medium": 0.05}
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = CommandParser(
-        prog="moderngpt2 bench train",
-        description="Training tokens/s, MFU and peak memory of ModernGPT2 against transformers' Gemma2 and Llama "
-                    "at identical shapes.")
-    parser.add_argument("--batch", type=int, default=16, help="sequences per step (default: 16)")
-    parser.add_argument("--seq", type=int, default=1024, help="tokens per sequence (default: 1024)")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per model (default: 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first, compilation included (default: 3)")
-    parser.add_argument("--models", default=DEFAULT_MODELS,
-                        help=f"comma-separated subset of {', '.join(MODELS)} (default: {DEFAULT_MODELS}; "
-                             "--per-layer adds ours-ple)")
-    parser.add_argument("--peak-tflops", "--peak_tflops", type=float, default=None,
-                        help=f"device peak for MFU (default: {HOPPER_BF16_PEAK_TFLOPS:g} on an H100 in bf16, "
-                             "otherwise MFU is n/a)")
-    parser.add_argument("--compile-backend", "--compile_backend", default="inductor",
-                        help="torch.compile backend (default: inductor; 'eager' finds graph breaks in seconds)")
-    add_common_arguments(parser)
-    args = parser.parse_args(argv)
-    resolve_run_settings(args)
-    for flag in ("batch", "seq", "steps"):
-        if getattr(args, flag) <= 0:
-            raise UserError(f"--{flag} must be a positive integer, got {getattr(args, flag)}")
-    if args.warmup < 0 or (args.compile and args.warmup == 0):
+@dataclass
+class TrainBenchArguments:
+    """The training steps every model runs, which models, and the peak MFU is stated against."""
+
+    _argument_group_name = "training benchmark"
+
+    batch: int = arg(16, "sequences per step")
+    seq: int = arg(1024, "tokens per sequence")
+    steps: int = arg(20, "timed steps per model")
+    warmup: int = arg(3, "untimed steps first, compilation included")
+    models: str = arg(DEFAULT_MODELS, f"comma-separated subset of {', '.join(MODELS)} "
+                                      "(--use_per_layer_embedding adds ours-ple)")
+    peak_tflops: float | None = arg(None, f"device peak for MFU (default: {HOPPER_BF16_PEAK_TFLOPS:g} on an H100 in "
+                                          "bf16, otherwise MFU is n/a)")
+    compile_backend: str = arg("inductor", "torch.compile backend ('eager' finds graph breaks in seconds)")
+
+    def __post_init__(self):
+        for flag in ("batch", "seq", "steps"):
+            if getattr(self, flag) <= 0:
+                raise UserError(f"--{flag} must be a positive integer, got {getattr(self, flag)}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise UserError(f"--peak_tflops must be positive, got {self.peak_tflops}")
+
+
+def resolve_settings(*groups) -> SimpleNamespace:
+    """The parsed groups (TrainBenchArguments and the shared ones) as the settings of one run on this machine."""
+    settings = resolve_model_bench(groups)
+    if settings.warmup < 0 or (settings.compile and settings.warmup == 0):
         raise UserError("--warmup must be at least 1 with --compile (the first step compiles), and never negative")
-    if args.peak_tflops is not None and args.peak_tflops <= 0:
-        raise UserError(f"--peak-tflops must be positive, got {args.peak_tflops}")
-    args.models = parse_model_list(args.models, MODELS)
-    if args.per_layer and "ours-ple" not in args.models:
-        args.models.append("ours-ple")
-    if args.peak_tflops is None:
-        args.peak_tflops = default_peak_tflops(args.device, "bfloat16" if args.dtype == "bf16" else args.dtype)
-    return args
+    settings.models = parse_model_list(settings.models, MODELS)
+    if settings.per_layer and "ours-ple" not in settings.models:
+        settings.models.append("ours-ple")
+    if settings.peak_tflops is None:
+        settings.peak_tflops = default_peak_tflops(settings.device, settings.dtype)
+    return settings
 
 
 # ----------------------------------------------------------------------------------------------- one model
 
 
-def measure_training(model: torch.nn.Module, args: argparse.Namespace) -> dict:
-    """Time ``args.steps`` full training steps after ``args.warmup`` untimed ones."""
-    device = args.device
+def measure_training(model: torch.nn.Module, settings: SimpleNamespace) -> dict:
+    """Time ``settings.steps`` full training steps after ``settings.warmup`` untimed ones."""
+    device = settings.device
     model.train()
-    step_model = torch.compile(model, backend=args.compile_backend) if args.compile else model
+    step_model = torch.compile(model, backend=settings.compile_backend) if settings.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    tokens = torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=generator).to(device)
+    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+    tokens = torch.randint(0, model.config.vocab_size, (settings.batch, settings.seq), generator=generator).to(device)
 
     def step() -> torch.Tensor:
-        with autocast(device, args.dtype):
+        with autocast(device, settings.dtype):
             loss = step_model(input_ids=tokens, labels=tokens).loss
         loss.backward()
         optimizer.step()
@@ -98,27 +100,27 @@ def measure_training(model: torch.nn.Module, args: argparse.Namespace) -> dict:
         return loss
 
     with DeviceTimer(device) as warmup:
-        for _ in range(args.warmup):
+        for _ in range(settings.warmup):
             step()
     with DeviceTimer(device) as timed:
-        for _ in range(args.steps):
+        for _ in range(settings.steps):
             loss = step()
 
     matmul_params = matmul_parameter_count(model)
     config = model.config
     flops = training_flops_per_token(matmul_params, config.num_hidden_layers,
-                                     config.num_attention_heads * config.head_dim, args.seq)
-    tokens_per_s = args.batch * args.seq * args.steps / timed.seconds
+                                     config.num_attention_heads * config.head_dim, settings.seq)
+    tokens_per_s = settings.batch * settings.seq * settings.steps / timed.seconds
     return {
         "implementation": type(model).__name__,
-        "attn_implementation": attention_backend(model, args.device),
-        "compiled": args.compile,
+        "attn_implementation": attention_backend(model, settings.device),
+        "compiled": settings.compile,
         "tokens_per_s": tokens_per_s,
-        "step_time_s": timed.seconds / args.steps,
-        "mfu": model_flops_utilization(tokens_per_s, flops, args.peak_tflops),
+        "step_time_s": timed.seconds / settings.steps,
+        "mfu": model_flops_utilization(tokens_per_s, flops, settings.peak_tflops),
         "peak_memory_gib": peak_memory_gib(device),
         "warmup_s": warmup.seconds,
-        "graph_breaks": graph_break_count() if args.compile else None,
+        "graph_breaks": graph_break_count() if settings.compile else None,
         "parameters": sum(p.numel() for p in model.parameters()),
         "matmul_parameters": matmul_params,
         "flops_per_token": flops,
@@ -126,24 +128,24 @@ def measure_training(model: torch.nn.Module, args: argparse.Namespace) -> dict:
     }
 
 
-def bench_ours(configs, args) -> dict:
-    return measure_training(build_model(configs.ours, args.ours_attn, args.device), args)
+def bench_ours(configs, settings) -> dict:
+    return measure_training(build_model(configs.ours, settings.ours_attn, settings.device), settings)
 
 
-def bench_ours_per_layer(configs, args) -> dict:
-    return measure_training(build_model(configs.ours_per_layer, args.ours_attn, args.device), args)
+def bench_ours_per_layer(configs, settings) -> dict:
+    return measure_training(build_model(configs.ours_per_layer, settings.ours_attn, settings.device), settings)
 
 
-def bench_gemma2_eager(configs, args) -> dict:
-    return measure_training(build_model(configs.gemma2, "eager", args.device), args)
+def bench_gemma2_eager(configs, settings) -> dict:
+    return measure_training(build_model(configs.gemma2, "eager", settings.device), settings)
 
 
-def bench_gemma2_flex(configs, args) -> dict:
-    return measure_training(build_model(configs.gemma2, "flex_attention", args.device), args)
+def bench_gemma2_flex(configs, settings) -> dict:
+    return measure_training(build_model(configs.gemma2, "flex_attention", settings.device), settings)
 
 
-def bench_llama_sdpa(configs, args) -> dict:
-    return measure_training(build_model(configs.llama, "sdpa", args.device), args)
+def bench_llama_sdpa(configs, settings) -> dict:
+    return measure_training(build_model(configs.llama, "sdpa", settings.device), settings)
 
 
 BENCHES = {
@@ -155,18 +157,18 @@ BENCHES = {
 }
 
 
-def skip_reason(name: str, args: argparse.Namespace) -> str | None:
-    if name == "gemma2-flex" and args.device.type != "cuda":
+def skip_reason(name: str, settings: SimpleNamespace) -> str | None:
+    if name == "gemma2-flex" and settings.device.type != "cuda":
         return "FlexAttention has no backward on the CPU"
     return None
 
 
-def run_one(name: str, configs, args: argparse.Namespace) -> dict:
+def run_one(name: str, configs, settings: SimpleNamespace) -> dict:
     """One model's result, or why it was skipped or failed."""
-    reason = skip_reason(name, args)
+    reason = skip_reason(name, settings)
     if reason:
         return {"skipped": reason}
-    return run_isolated(lambda: BENCHES[name](configs, args), args.device)
+    return run_isolated(lambda: BENCHES[name](configs, settings), settings.device)
 
 # ----------------------------------------------------------------------------------------------- summary
 
@@ -176,7 +178,7 @@ def measured(results: dict, name: str) -> dict | None:
     return result if result and "tokens_per_s" in result else None
 
 
-def summarize(results: dict, args: argparse.Namespace) -> dict:
+def summarize(results: dict, settings: dict) -> dict:
     """The ratios the targets are stated in, and whether each target is met."""
     gemma2 = [name for name in ("gemma2-eager", "gemma2-flex") if measured(results, name)]
     gemma2_best = max(gemma2, key=lambda name: results[name]["tokens_per_s"]) if gemma2 else None
@@ -192,25 +194,26 @@ def summarize(results: dict, args: argparse.Namespace) -> dict:
         "ours_memory_over_gemma2_flex": (ratio(ours["peak_memory_gib"], flex["peak_memory_gib"])
                                          if ours and flex else None),
     }
-    summary["targets"] = targets(summary, ours, args)
+    summary["targets"] = targets(summary, ours, settings)
     return summary
 
 
-def targets(summary: dict, ours: dict | None, args: argparse.Namespace) -> list[dict]:
+def targets(summary: dict, ours: dict | None, settings: dict) -> list[dict]:
     """The issue's targets that apply to this run (they are stated for one H100)."""
-    softcapped = bool(args.attn_softcap or args.final_softcap)
+    softcapped = bool(settings["attn_softcap"] or settings["final_softcap"])
+    size = settings["size"]
     checks = []
     if softcapped:
         checks.append(("ours / gemma2-best tokens/s", summary["ours_over_gemma2_best"], SPEEDUP_OVER_GEMMA2_TARGET,
                        ">="))
-        if args.size in MFU_TARGETS:
-            checks.append(("ours MFU", ours and ours["mfu"], MFU_TARGETS[args.size], ">="))
+        if size in MFU_TARGETS:
+            checks.append(("ours MFU", ours and ours["mfu"], MFU_TARGETS[size], ">="))
         checks.append(("ours / gemma2-flex peak memory", summary["ours_memory_over_gemma2_flex"], 1.0, "<="))
     else:
         checks.append(("ours / llama-sdpa tokens/s", summary["ours_over_llama_sdpa"], 1.0, ">="))
-    if args.size in PER_LAYER_OVERHEAD_TARGETS:
+    if size in PER_LAYER_OVERHEAD_TARGETS:
         checks.append(("per-layer embedding step-time overhead", summary["per_layer_overhead"],
-                       PER_LAYER_OVERHEAD_TARGETS[args.size], "<="))
+                       PER_LAYER_OVERHEAD_TARGETS[size], "<="))
     return [
         {"target": what, "value": value, "threshold": threshold, "comparison": op,
          "met": None if value is None else (value >= threshold if op == ">=" else value <= threshold)}
@@ -218,12 +221,13 @@ def targets(summary: dict, ours: dict | None, args: argparse.Namespace) -> list[
     ]
 
 
-def print_report(report: dict) -> None:
+def format_report(report: dict) -> str:
+    """The table, the ratios and the targets, as printed after a run."""
     settings, results, summary = report["settings"], report["models"], report["summary"]
-    print(f"\nbench train on {report['environment']['device']}: size {settings['size']}, batch {settings['batch']}, "
-          f"seq {settings['seq']}, {settings['dtype']}, softcaps {settings['attn_softcap'] or 'off'}/"
-          f"{settings['final_softcap'] or 'off'}, compile {'on' if settings['compile'] else 'off'}, "
-          f"{settings['steps']} steps after {settings['warmup']} warmup\n")
+    lines = [f"\nbench train on {report['environment']['device']}: size {settings['size']}, "
+             f"batch {settings['batch']}, seq {settings['seq']}, {settings['dtype']}, softcaps "
+             f"{settings['attn_softcap'] or 'off'}/{settings['final_softcap'] or 'off'}, compile "
+             f"{'on' if settings['compile'] else 'off'}, {settings['steps']} steps after {settings['warmup']} warmup\n"]
     rows, notes = [], []
     for name, result in results.items():
         if "tokens_per_s" in result:
@@ -233,51 +237,62 @@ def print_report(report: dict) -> None:
             outcome = "skipped" if "skipped" in result else "failed"
             rows.append([name, outcome] + [None] * 6)
             notes.append(f"{name} {outcome}: {result.get('skipped') or result.get('error')}")
-    print(format_table(["model", "attention", "tokens/s", "step ms", "MFU", "peak GiB", "warmup s", "graph breaks"],
-                       rows))
-    print("\n".join(notes) + "\n")
-    print(f"ours / gemma2-best ({summary['gemma2_best'] or 'n/a'}): {_times(summary['ours_over_gemma2_best'])}")
-    print(f"ours / llama-sdpa: {_times(summary['ours_over_llama_sdpa'])}")
+    lines.append(format_table(
+        ["model", "attention", "tokens/s", "step ms", "MFU", "peak GiB", "warmup s", "graph breaks"], rows))
+    lines.append("\n".join(notes) + "\n")
+    lines.append(f"ours / gemma2-best ({summary['gemma2_best'] or 'n/a'}): {_times(summary['ours_over_gemma2_best'])}")
+    lines.append(f"ours / llama-sdpa: {_times(summary['ours_over_llama_sdpa'])}")
     if summary["per_layer_overhead"] is not None:
-        print(f"per-layer embedding overhead (step time): {summary['per_layer_overhead']:+.1%}")
+        lines.append(f"per-layer embedding overhead (step time): {summary['per_layer_overhead']:+.1%}")
     note = "" if report["environment"]["device_type"] == "cuda" else " (stated for one H100; not a claim here)"
-    print(f"\ntargets{note}:")
+    lines.append(f"\ntargets{note}:")
     for target in summary["targets"]:
         value = "n/a" if target["value"] is None else f"{target['value']:.3f}"
         verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
-        print(f"  {target['target']}: {value} (want {target['comparison']} {target['threshold']:g}) {verdict}")
+        lines.append(f"  {target['target']}: {value} (want {target['comparison']} {target['threshold']:g}) {verdict}")
+    return "\n".join(lines)
 
 
 def _times(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    configs = build_configs(args, max_positions=args.seq)
-    save = (lambda results: write_json(args.json, build_report(results, args))) if args.json else None
-    results = run_models(args.models, lambda name: run_one(name, configs, args), desc="bench train", after_each=save)
-    report = build_report(results, args)
-    print_report(report)
-    return 1 if any("error" in result for result in results.values()) else 0
+def run_benchmark(settings: SimpleNamespace) -> dict:
+    """Measure every model in turn; the report (rewritten to --output_json after each model) of all of them."""
+    torch.manual_seed(settings.seed)
+    configs = build_configs(settings, max_positions=settings.seq)
+
+    def save(results):
+        write_json(settings.output_json, build_report(results, configs, settings))
+
+    results = run_models(settings.models, lambda name: run_one(name, configs, settings), desc="bench train",
+                         after_each=save if settings.output_json else None)
+    return build_report(results, configs, settings)
 
 
-def build_report(results: dict, args: argparse.Namespace) -> dict:
+def failed(report: dict) -> bool:
+    return any("error" in result for result in report["models"].values())
+
+
+def build_report(results: dict, configs, settings: SimpleNamespace) -> dict:
     """Environment, settings, the models measured so far and the summary over them."""
+    per_layer = configs.ours_per_layer
     report = {
         "benchmark": "train",
-        "environment": environment(args.device),
+        "environment": environment(settings.device),
         "settings": {
-            "size": args.size, "batch": args.batch, "seq": args.seq, "steps": args.steps, "warmup": args.warmup,
-            "dtype": args.dtype, "compile": args.compile,
-            "compile_backend": args.compile_backend if args.compile else None, "vocab_size": args.vocab_size,
-            "attn_softcap": args.attn_softcap or None, "final_softcap": args.final_softcap or None,
-            "per_layer_hidden_size": args.per_layer_hidden_size if "ours-ple" in args.models else None,
-            "per_layer_vocab_size": args.per_layer_vocab_size if "ours-ple" in args.models else None,
-            "ours_attn": args.ours_attn, "peak_tflops": args.peak_tflops, "models": args.models,
+            "size": settings.model_size_name, "batch": settings.batch, "seq": settings.seq, "steps": settings.steps,
+            "warmup": settings.warmup,
+            "dtype": settings.dtype, "compile": settings.compile,
+            "compile_backend": settings.compile_backend if settings.compile else None,
+            "vocab_size": configs.ours.vocab_size,
+            "attn_softcap": configs.ours.attn_logit_softcapping,
+            "final_softcap": configs.ours.final_logit_softcapping,
+            "per_layer_hidden_size": per_layer.per_layer_hidden_size if "ours-ple" in settings.models else None,
+            "per_layer_vocab_size": per_layer.per_layer_vocab_size if "ours-ple" in settings.models else None,
+            "ours_attn": settings.ours_attn, "peak_tflops": settings.peak_tflops, "models": settings.models,
         },
         "models": results,
     }
-    report["summary"] = summarize(results, args)
+    report["summary"] = summarize(results, report["settings"])
     return report

@@ -12,7 +12,6 @@ kept in definition order, duplicates are dropped, and the train/validation split
 hash of each text, so a text can never land in both splits.
 """
 
-import argparse
 import ast
 import importlib
 import inspect
@@ -171,17 +170,3 @@ def build_stdlib_corpus(out_dir, validation_fraction=0.05, seed=0, progress=True
         os.replace(path + ".tmp", path)
     return paths
 
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write a JSON Lines corpus of the standard library's docstrings.")
-    parser.add_argument("out_dir")
-    parser.add_argument("--validation_fraction", "--validation-fraction", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for path in build_stdlib_corpus(args.out_dir, args.validation_fraction, args.seed):
-        print(f"{path}: {os.path.getsize(path) / 1e6:.2f} MB")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
