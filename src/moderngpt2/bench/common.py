@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..arguments import ModelShapeArguments, PerLayerShapeArguments, arg, build_config, config_settings
 from ..devices import DTYPES, pick_device, pick_dtype
 from ..errors import UserError, first_line
-from ..fileio import make_directory
+from ..fileio import make_directory, write_json
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig
@@ -203,18 +203,21 @@ class DeviceTimer:
         return False
 
 
-def run_models(names: list[str], run_one, desc: str, after_each=None) -> dict:
-    """`run_one(name)` for each model in turn, with a progress bar. Each result is printed as it comes and handed
-    to `after_each(results so far)`, so a run stopped by a time limit still leaves the models it finished."""
+def measure_models(settings: SimpleNamespace, max_positions: int, run_one, build_report, desc: str) -> dict:
+    """`run_one(name, configs, settings)` for each of `settings.models` in turn, at the same shapes, with a
+    progress bar; the report `build_report(results, configs, settings)`. Each result is printed as it comes and
+    the report rewritten to --output_json, so a run stopped by a time limit still leaves the models it finished."""
+    torch.manual_seed(settings.seed)
+    configs = build_configs(settings, max_positions)
     results = {}
-    progress = tqdm(names, desc=desc, unit="model", file=sys.stderr)
+    progress = tqdm(settings.models, desc=desc, unit="model", file=sys.stderr)
     for name in progress:
         progress.set_postfix_str(name)
-        results[name] = run_one(name)
+        results[name] = run_one(name, configs, settings)
         progress.write(f"{desc}: {name}: {json.dumps(results[name])}", file=sys.stderr)
-        if after_each is not None:
-            after_each(results)
-    return results
+        if settings.output_json:
+            write_json(settings.output_json, build_report(results, configs, settings))
+    return build_report(results, configs, settings)
 
 
 def run_isolated(bench, device: torch.device) -> dict:

@@ -21,14 +21,13 @@ import torch
 from ..arguments import arg
 from ..devices import DTYPES
 from ..errors import UserError
-from ..fileio import write_json
 from .common import (
     DeviceTimer,
     attention_backend,
-    build_configs,
     build_model,
     environment,
     format_table,
+    measure_models,
     parse_int_list,
     parse_model_list,
     peak_memory_gib,
@@ -36,7 +35,6 @@ from .common import (
     release_memory,
     resolve_model_bench,
     run_isolated,
-    run_models,
 )
 
 FRAMEWORKS = ("jax", "tf")  # the other implementations, each also the name of its model here
@@ -235,15 +233,7 @@ def format_report(report: dict) -> str:
 
 def run_benchmark(settings: SimpleNamespace) -> dict:
     """Measure every model in turn; the report (rewritten to --output_json after each model) of all of them."""
-    torch.manual_seed(settings.seed)
-    configs = build_configs(settings, max_positions=settings.prompt_len + settings.new_tokens)
-
-    def save(per_model):
-        write_json(settings.output_json, build_report(per_model, configs, settings))
-
-    per_model = run_models(settings.models, lambda name: run_one(name, configs, settings), desc="bench generate",
-                           after_each=save if settings.output_json else None)
-    return build_report(per_model, configs, settings)
+    return measure_models(settings, settings.prompt_len + settings.new_tokens, run_one, build_report, desc="bench generate")
 
 
 def failed(report: dict) -> bool:

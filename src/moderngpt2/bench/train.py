@@ -14,23 +14,21 @@ import torch
 from ..arguments import arg
 from ..devices import HOPPER_BF16_PEAK_TFLOPS, default_peak_tflops
 from ..errors import UserError
-from ..fileio import write_json
 from ..flops import matmul_parameter_count, model_flops_utilization, training_flops_per_token
 from .common import (
     DeviceTimer,
     attention_backend,
     autocast,
-    build_configs,
     build_model,
     environment,
     format_table,
     graph_break_count,
+    measure_models,
     parse_model_list,
     peak_memory_gib,
     ratio,
     resolve_model_bench,
     run_isolated,
-    run_models,
 )
 
 MODELS = ("ours", "ours-ple", "gemma2-eager", "gemma2-flex", "llama-sdpa")
@@ -259,15 +257,7 @@ def _times(value: float | None) -> str:
 
 def run_benchmark(settings: SimpleNamespace) -> dict:
     """Measure every model in turn; the report (rewritten to --output_json after each model) of all of them."""
-    torch.manual_seed(settings.seed)
-    configs = build_configs(settings, max_positions=settings.seq)
-
-    def save(results):
-        write_json(settings.output_json, build_report(results, configs, settings))
-
-    results = run_models(settings.models, lambda name: run_one(name, configs, settings), desc="bench train",
-                         after_each=save if settings.output_json else None)
-    return build_report(results, configs, settings)
+    return measure_models(settings, settings.seq, run_one, build_report, desc="bench train")
 
 
 def failed(report: dict) -> bool:
