@@ -141,3 +141,38 @@ def test_a_run_stopped_midway_leaves_the_finished_models_in_the_json(tmp_path, m
     report = json.loads(out.read_text())
     assert list(report["models"]) == ["ours"] and positive(report["models"]["ours"]["tokens_per_s"])
     assert report["summary"]["ours_over_llama_sdpa"] is None
+
+
+def test_canonical_names_and_the_old_spellings_give_the_same_settings(tmp_path):
+    out = str(tmp_path / "results" / "train.json")
+    old = parse_settings(["--size", "tiny", "--vocab-size", "512", "--attn-softcap", "20", "--final_softcap", "10",
+                          "--per-layer", "--per-layer-hidden-size", "8", "--dtype", "fp32", "--device", "cpu",
+                          "--json", out, "--no-compile", "--ours-attn", "eager", "--peak-tflops", "2"])
+    new = parse_settings(["--model_size_name", "tiny", "--vocab_size", "512", "--attn_logit_softcapping", "20",
+                          "--final_logit_softcapping", "10", "--use_per_layer_embedding", "--per_layer_hidden_size",
+                          "8", "--dtype", "float32", "--device", "cpu", "--output_json", out, "--no_compile",
+                          "--ours_attn", "eager", "--peak_tflops", "2"])
+    assert vars(old) == vars(new)
+    assert new.model == {"model_size_name": "tiny", "vocab_size": 512, "attn_logit_softcapping": 20.0,
+                         "final_logit_softcapping": 10.0, "per_layer_hidden_size": 8}
+    assert (new.dtype, new.device, new.compile, new.output_json) == ("float32", torch.device("cpu"), False, out)
+    assert new.models == ["ours", "gemma2-eager", "gemma2-flex", "llama-sdpa", "ours-ple"]
+    assert (tmp_path / "results").is_dir()  # the output's directory is made (and probed) before any measuring
+
+
+def test_bench_defaults_softcap_switches_and_a_file_of_arguments(tmp_path):
+    defaults = parse_settings(["--device", "cpu"])
+    assert defaults.model == {"model_size_name": "small", "attn_logit_softcapping": 50.0,
+                              "final_logit_softcapping": 30.0}
+    assert (defaults.dtype, defaults.compile, defaults.peak_tflops) == ("bfloat16", False, None)
+    configs = build_configs(defaults, max_positions=64)
+    assert (configs.ours.vocab_size, configs.ours_per_layer.per_layer_vocab_size,
+            configs.ours_per_layer.per_layer_hidden_size) == (32000, 10000, 256)  # ModernGPT2Config's own defaults
+    assert parse_settings(["--device", "cpu", "--no-softcap"]).model["attn_logit_softcapping"] is None
+    off = parse_settings(["--device", "cpu", "--attn_logit_softcapping", "0"]).model
+    assert off["attn_logit_softcapping"] is None and off["final_logit_softcapping"] == 30.0
+    assert parse_settings(["--device", "cpu", "--compile", "--compile_backend", "eager"]).compile is True
+    arguments = tmp_path / "bench.yaml"
+    arguments.write_text("model_size_name: tiny\ndtype: bf16\nbatch: 2\n")
+    from_file = parse_settings([str(arguments), "--device", "cpu", "--batch", "3"])
+    assert (from_file.model_size_name, from_file.dtype, from_file.batch) == ("tiny", "bfloat16", 3)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from moderngpt2.cli import run
+from moderngpt2.cli import main, run
 
 
 @pytest.mark.slow
@@ -22,3 +22,10 @@ def test_bench_pretokenize_reports_both_throughputs_on_the_same_stream(tmp_path,
     assert result["same_token_stream"] is True
     assert result["ours_mb_per_s"] > 0 and result["baseline_mb_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["ours_mb_per_s"] / result["baseline_mb_per_s"], rel=0.01)
+
+
+def test_an_unwritable_results_path_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert main(["bench", "pretokenize", "--output_json", str(tmp_path / "file" / "r.json")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("moderngpt2 bench pretokenize: error: --output_json") and "is a file" in error

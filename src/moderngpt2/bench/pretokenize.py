@@ -41,7 +41,7 @@ class PretokenizeBenchArguments:
     _argument_group_name = "pretokenization benchmark"
 
     input: str | None = arg(None, "a JSON Lines file (default: the stdlib docstring corpus)")
-    repeat: int = arg(8, "copies of the default corpus (8: ~18 MB)")
+    repeat: int = arg(8, "copies of the stdlib corpus when there is no --input (8 make ~18 MB)")
     tokenizer_path: str | None = arg(None, "tokenizer (default: BPE trained on the corpus)")
     vocab_size: int = arg(32000, "vocabulary of the trained tokenizer")
     block_size: int = arg(1024, "tokens per block")
