@@ -172,6 +172,9 @@ def test_bench_defaults_softcap_switches_and_a_file_of_arguments(tmp_path):
     off = parse_settings(["--device", "cpu", "--attn_logit_softcapping", "0"]).model
     assert off["attn_logit_softcapping"] is None and off["final_logit_softcapping"] == 30.0
     assert parse_settings(["--device", "cpu", "--compile", "--compile_backend", "eager"]).compile is True
+    windowed = build_configs(parse_settings(["--device", "cpu", "--size", "tiny", "--sliding_window", "8"]), 64)
+    assert windowed.gemma2.layer_types == windowed.ours.layer_types == ["sliding_attention", "full_attention"]
+    assert windowed.gemma2.sliding_window == windowed.ours.sliding_window == 8
     arguments = tmp_path / "bench.yaml"
     arguments.write_text("model_size_name: tiny\ndtype: bf16\nbatch: 2\n")
     from_file = parse_settings([str(arguments), "--device", "cpu", "--batch", "3"])
