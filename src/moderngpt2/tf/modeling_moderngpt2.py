@@ -23,6 +23,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..errors import UserError
 from ..jsonfile import read_json_object
+from .positions import positions_from_mask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -362,13 +363,6 @@ def checkpoint_variables(layer):
         if isinstance(child, keras.layers.Layer) and not name.startswith("_"):
             found.update({f"{name}.{key}": value for key, value in checkpoint_variables(child).items()})
     return found
-
-
-def positions_from_mask(attention_mask):
-    """Position ids of a left-padded batch: each row counts its own tokens from 0, padding gets 0 (as
-    transformers' generate does)."""
-    positions = ops.cumsum(ops.cast(attention_mask, "int32"), axis=-1) - 1
-    return ops.where(ops.cast(attention_mask, "bool"), positions, 0)
 
 
 class ModernGPT2ForCausalLM(keras.Model):
