@@ -11,7 +11,6 @@ This file imports only keras, numpy, safetensors and the package's error and JSO
 transformers); it reads `config.json` itself.
 """
 
-import json
 import math
 import os
 
@@ -19,9 +18,10 @@ import keras
 import numpy as np
 from keras import ops
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from ..errors import UserError
+from ..fileio import write_numpy_checkpoint
 from ..jsonfile import read_json_object
 from .positions import positions_from_mask
 
@@ -446,7 +446,7 @@ class ModernGPT2ForCausalLM(keras.Model):
             if name.endswith("per_layer_token_map"):
                 value = value.astype(np.int64)
             tensors[name] = np.ascontiguousarray(value.T if transposed else value)
-        write_checkpoint(path, self.config, tensors)
+        write_numpy_checkpoint(path, self.config, tensors)
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -503,14 +503,3 @@ def read_tensors(path):
         except (SafetensorError, OSError, TypeError) as error:
             raise UserError(f"{os.path.join(path, name)}: cannot read it ({error})") from None
     return tensors
-
-
-def write_checkpoint(path, config, tensors):
-    """config.json + model.safetensors, each written to a temporary file first and renamed into place."""
-    os.makedirs(path, exist_ok=True)
-    config_path, weights_path = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-    save_file(tensors, weights_path + ".tmp", metadata={"format": "pt"})
-    with open(config_path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(weights_path + ".tmp", weights_path)
-    os.replace(config_path + ".tmp", config_path)
