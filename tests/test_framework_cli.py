@@ -103,7 +103,7 @@ def test_bench_generate_reports_the_framework_to_pytorch_ratio(framework, tmp_pa
 
 def test_bench_generate_keeps_the_tensorflow_model_in_its_dtype(capsys):
     assert cli(["bench", "generate", "--framework", "tf", "--size", "tiny", "--device", "cpu", "--dtype", "bf16"]) == 2
-    assert "--dtype bf16: the TensorFlow model computes in float32" in capsys.readouterr().err
+    assert "--dtype bfloat16: the TensorFlow model computes in float32" in capsys.readouterr().err
 
 
 def test_a_directory_of_another_model_is_a_one_line_error(tmp_path, capsys):
