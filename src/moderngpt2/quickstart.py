@@ -3,7 +3,8 @@
 The corpus is English prose that every Python installation carries: the docstrings of the standard library,
 collected at run time (nothing is downloaded, nothing is copied into this repository), with a held-out part
 for evaluation. Every later step is the subcommand a user would run by hand, run in this process through the
-command line's dispatcher with the command line printed first, so the quickstart doubles as a worked example of the flags:
+command line's dispatcher with the command line printed first, so the quickstart doubles as a worked example
+of the flags:
 
     train-tokenizer -> pretokenize -> per-layer-vocab -> train (4 layers x 256, per-layer embeddings; the
     untrained model is evaluated first) -> evaluate -> generate -> loss-curve PNG -> summary

@@ -178,7 +178,8 @@ def bench_model(name: str, configs, settings: SimpleNamespace) -> dict:
     model.to(DTYPES[settings.dtype]).eval()
     static = name.endswith("-static")
     described = {"implementation": type(model).__name__,
-                 "attn_implementation": attention_backend(model, settings.device), "cache": "static" if static else "dynamic",
+                 "attn_implementation": attention_backend(model, settings.device),
+                 "cache": "static" if static else "dynamic",
                  "compiled": static and settings.compile and settings.device.type == "cuda"}
     results = {}
     for batch in settings.batch:
@@ -233,7 +234,8 @@ def format_report(report: dict) -> str:
 
 def run_benchmark(settings: SimpleNamespace) -> dict:
     """Measure every model in turn; the report (rewritten to --output_json after each model) of all of them."""
-    return measure_models(settings, settings.prompt_len + settings.new_tokens, run_one, build_report, desc="bench generate")
+    return measure_models(settings, settings.prompt_len + settings.new_tokens, run_one, build_report,
+                          desc="bench generate")
 
 
 def failed(report: dict) -> bool:
