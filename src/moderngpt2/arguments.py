@@ -99,7 +99,8 @@ class CanonicalHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, False, [], argparse.SUPPRESS) or action.nargs == 0:
+        if "default" in text or any(default is empty for empty in (None, False, argparse.SUPPRESS)) \
+                or default == [] or action.nargs == 0:
             return text
         return f"{text} (default: {default})"
 
@@ -115,6 +116,11 @@ class CommandParser(HfArgumentParser):
         match = re.match(r"unrecognized arguments: (.*)", message)
         if match:
             raise unknown_flags_error(match.group(1).split(), self)
+        match = re.match(r"the following arguments are required: (.*)", message)
+        if match:  # name each missing flag once, by its canonical name, not by all its spellings
+            missing = [name.split("/")[0] for name in match.group(1).split(", ")]
+            raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required; "
+                            f"see '{self.prog} --help'")
         raise UserError(message)
 
     def takes_value(self, token: str) -> bool:

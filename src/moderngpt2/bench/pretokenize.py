@@ -22,10 +22,10 @@ import time
 import numpy as np
 
 from ..argparsing import CommandParser
+from ..arguments import SourceArguments, TokenizerArguments
 from ..data.arguments import add_flag
 from ..data.blocks import iter_shard_blocks
-from ..data.pretokenize import build_parser as pretokenize_parser
-from ..data.pretokenize import pretokenize
+from ..data.pretokenize import PretokenizeArguments, pretokenize
 from ..data.sources import iter_texts
 from ..data.stdlib_corpus import build_stdlib_corpus
 from ..errors import UserError
@@ -60,11 +60,10 @@ def _default_corpus(workdir: str, repeat: int) -> str:
 
 
 def run_ours(corpus: str, tokenizer_path: str, out: str, block_size: int, num_proc: int) -> float:
-    args = pretokenize_parser().parse_args([
-        "--tokenizer_path", tokenizer_path, "--input", corpus, "--output_path", out, "--block_size", str(block_size),
-        "--validation_split_percentage", "0", "--num_proc", str(num_proc), "--no_progress", "--overwrite"])
+    settings = PretokenizeArguments(output_dir=out, block_size=block_size, validation_split_percentage=0,
+                                    num_proc=num_proc, no_progress=True, overwrite=True)
     start = time.perf_counter()
-    pretokenize(args)
+    pretokenize(TokenizerArguments(tokenizer_path=tokenizer_path), SourceArguments(input=[corpus]), settings)
     return time.perf_counter() - start
 
 
