@@ -334,3 +334,13 @@ def test_canonical_output_dir_a_file_of_arguments_and_the_library_call_give_the_
     for other in ("canonical", "from_file", "library"):
         for shard in shards:
             assert (tmp_path / other / shard).read_bytes() == (tmp_path / "alias" / shard).read_bytes()
+
+
+def test_json_inputs_in_a_list_of_inputs_are_inputs_not_a_file_of_arguments(tmp_path, tokenizer_dir):
+    """`.json` is a JSON Lines suffix: among --input's values it is read as text, wherever it stands."""
+    first = write_jsonl(tmp_path / "a.jsonl", make_documents(40, seed=1))
+    second = write_jsonl(tmp_path / "b.json", make_documents(40, seed=2))
+    assert pretokenize(tokenizer_dir, [first, second], tmp_path / "out", "--block_size", "16",
+                       "--validation_split_percentage", "0") == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"] == [first, second] and manifest["splits"]["train"]["documents"] == 80
