@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError, first_line
 from ..jsonfile import read_json_object
+from ..tokenization import tokenizer_fingerprint
 from .blocks import open_shard, read_row_group
 from .layout import FORMAT, MAIN_COLUMN, MANIFEST, PER_LAYER_COLUMN, PER_LAYER_FORMAT, progress_files
 from .megatron import open_tokens
@@ -65,8 +66,6 @@ def read_manifest(path: str) -> dict:
 
 def check_tokenizer(manifest: dict, tokenizer, path: str) -> None:
     """Refuse to train with a tokenizer other than the one the data was made with."""
-    from ..tokenization import tokenizer_fingerprint
-
     theirs, ours = manifest["tokenizer_fingerprint"], tokenizer_fingerprint(tokenizer)
     if theirs != ours:
         raise UserError(f"{path} was pretokenized with another tokenizer (fingerprint {theirs}, this one is {ours}) "
