@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 
 from moderngpt2 import ModernGPT2ForCausalLM, cli
-from moderngpt2.convert import convert_gemma2, to_moderngpt2_key
+from moderngpt2.convert import convert_gemma2
+from moderngpt2.gemma2_mapping import to_moderngpt2_key
 from moderngpt2.errors import UserError
 
 TOLERANCE = 1e-5

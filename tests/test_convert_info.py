@@ -7,7 +7,7 @@ import torch
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM, cli
 from moderngpt2.configuration_moderngpt2 import MODEL_SIZE_PRESETS
-from moderngpt2.info import count_parameters
+from moderngpt2.parameter_counts import count_parameters
 
 # which part of ParameterCounts each parameter name belongs to
 PARTS = [

@@ -13,7 +13,7 @@ import os
 import shlex
 
 from ..export.hub_files import save_generation_config, save_portable_tokenizer
-from ..info import count_parameters, format_counts
+from ..parameter_counts import count_parameters, format_counts
 
 PICKLES = ("training_args.bin",)
 
