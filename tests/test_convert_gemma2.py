@@ -256,7 +256,7 @@ def test_cli_canonical_flags_equal_the_positionals(tmp_path, capsys):
     assert json.loads((tmp_path / "a" / "config.json").read_text())["dtype"] == "bfloat16"
 
     for argv, message in [
-        (["--model", str(tmp_path / "other"), src, str(tmp_path / "c")], "disagree"),
+        (["--model", str(tmp_path / "other"), src, str(tmp_path / "c")], "unexpected argument(s)"),
         ([src], "convert-gemma2 SRC DST"),
         ([src, str(tmp_path / "c"), "--dtype", "int8"], "--dtype int8: choose one of"),
     ]:
