@@ -25,7 +25,7 @@ class EvaluateArguments:
         None, "tokens per block for text and Megatron input (default: the model's n_positions)")
     batch_size: int = arg(8, "blocks (or harness requests) per forward pass")
     max_blocks: int | None = arg(None, "evaluate at most this many blocks")
-    output_json: str | None = arg(None, "also write the numbers to this JSON file")
+    output_json: str | None = arg(None, "also write the numbers to this JSON file", aliases=("--json",))
 
     def __post_init__(self):
         if self.batch_size < 1:
