@@ -47,6 +47,9 @@ def test_model_is_the_canonical_name_of_the_checkpoint_to_continue_from(tmp_path
     for alias in ("--model_name_or_path", "--model-name-or-path"):
         assert parse_arguments(["--output_dir", str(tmp_path), alias, "ckpt"]).model == canonical.model
     assert canonical.model.model == "ckpt"
+    old_key = tmp_path / "run.yaml"
+    old_key.write_text(f"model_name_or_path: ckpt\noutput_dir: {tmp_path}\n")
+    assert parse_arguments([str(old_key)]).model == canonical.model
     with pytest.raises(SystemExit):
         parse_arguments(["--help"])
     shown = capsys.readouterr().out
