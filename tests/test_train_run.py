@@ -308,11 +308,9 @@ def test_user_mistakes_are_one_line_errors(assets, tmp_path, capsys, case):
     out = tmp_path / "out"
     flags = train_flags(assets, out, "--max_steps", "1")
     if case == "tokenizer":
-        from moderngpt2 import tokenization
-
         other = tmp_path / "other_tokenizer"
-        tokenization.main(["--input", str(assets["corpus"]), "--output_path", str(other), "--vocab_size", "300",
-                           "--no_progress"])
+        assert cli(["train-tokenizer", "--input", str(assets["corpus"]), "--output_path", str(other),
+                    "--vocab_size", "300", "--no_progress"]) == 0
         flags[flags.index("--tokenizer_path") + 1] = str(other)
         expected = "pretokenized with another tokenizer"
     elif case == "block_size":
@@ -340,12 +338,11 @@ def test_fsdp_through_accelerate_is_refused_on_cpu_processes(assets, tmp_path, c
 
 
 def test_a_fresh_config_rounds_the_vocabulary_and_layers_the_flags(assets, tmp_path):
-    from moderngpt2 import tokenization
     from moderngpt2.training.arguments import parse_arguments
     from moderngpt2.training.model_setup import build_config
 
-    tokenization.main(["--input", str(assets["corpus"]), "--output_path", str(tmp_path / "tok"), "--vocab_size",
-                       "300", "--no_progress"])
+    assert cli(["train-tokenizer", "--input", str(assets["corpus"]), "--output_path", str(tmp_path / "tok"),
+                "--vocab_size", "300", "--no_progress"]) == 0
     tokenizer = load_tokenizer(str(tmp_path / "tok"))
     assert len(tokenizer) == 300
     arguments = parse_arguments([
