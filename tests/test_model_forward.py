@@ -26,6 +26,9 @@ from moderngpt2.modeling_moderngpt2 import (
 )
 
 VOCAB = 97
+# The model's code: saved next to every checkpoint, so it may import only torch, transformers and these files.
+MODEL_FILES = ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
+               "loss_moderngpt2.py", "softcap_moderngpt2.py", "token_map_moderngpt2.py")
 
 
 def tiny_config(**overrides):
@@ -313,9 +316,9 @@ def test_both_classification_heads_score_the_same_hidden_states():
 
 
 def test_modeling_code_is_self_contained():
-    allowed_roots = {"dataclasses", "math", "functools", "importlib", "torch", "transformers", "flash_attn"}  # flash_attn: optional
-    for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
-                 "loss_moderngpt2.py", "softcap_moderngpt2.py"):
+    allowed_roots = {"dataclasses", "math", "functools", "importlib", "inspect", "torch", "transformers",
+                     "flash_attn"}  # flash_attn: optional
+    for name in MODEL_FILES:
         tree = ast.parse((pathlib.Path(moderngpt2.__file__).parent / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -323,8 +326,7 @@ def test_modeling_code_is_self_contained():
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 assert node.module.split(".")[0] in allowed_roots, (name, node.module)
             elif isinstance(node, ast.ImportFrom):
-                assert node.module in ("configuration_moderngpt2", "attention_moderngpt2", "loss_moderngpt2",
-                                       "softcap_moderngpt2"), (name, node.module)
+                assert f"{node.module}.py" in MODEL_FILES, (name, node.module)
 
 
 def test_checkpoint_with_remote_code_loads_through_trust_remote_code(tmp_path):
@@ -336,8 +338,7 @@ def test_checkpoint_with_remote_code_loads_through_trust_remote_code(tmp_path):
     assert ModernGPT2ForCausalLM._auto_class == "AutoModelForCausalLM"
     model = ModernGPT2ForCausalLM(config).eval()
     model.save_pretrained(tmp_path)
-    for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
-                 "loss_moderngpt2.py", "softcap_moderngpt2.py"):
+    for name in MODEL_FILES:
         assert (tmp_path / name).is_file(), name
     assert AutoConfig.from_pretrained(tmp_path).auto_map["AutoModelForCausalLM"].startswith("modeling_moderngpt2.")
     # In this process the installed package is registered for the model type, so load the copied class directly.

@@ -43,8 +43,8 @@ def test_config_serialisation_hook_drops_our_runtime_flag():
     # behaviour: test_model_config.py::test_automatic_backend_flag_is_not_serialised
     assert "d" in parameters(PretrainedConfig._remove_keys_not_serialized)
     model = ModernGPT2ForCausalLM(ModernGPT2Config(model_size_name="tiny", vocab_size=32))
-    assert model.config._attn_implementation_autoset is True
-    assert "_attn_implementation_autoset" not in model.config.to_dict()
+    assert model.config.attn_implementation_is_automatic is True
+    assert "attn_implementation_is_automatic" not in model.config.to_dict()
 
 
 def test_weight_init_and_tying_hooks():
