@@ -28,7 +28,7 @@ from moderngpt2.modeling_moderngpt2 import (
 VOCAB = 97
 # The model's code: saved next to every checkpoint, so it may import only torch, transformers and these files.
 MODEL_FILES = ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
-               "loss_moderngpt2.py", "softcap_moderngpt2.py", "token_map_moderngpt2.py")
+               "loss_moderngpt2.py", "softcap_moderngpt2.py", "per_layer_moderngpt2.py")
 
 
 def tiny_config(**overrides):

@@ -2,8 +2,9 @@
 
 Laid out as transformers' `modeling_gemma2.py`, with module names following Gemma2 (`embed_tokens`,
 `layers.{i}.self_attn.q_proj`, ..., `norm`), so a Gemma2 state dict loads 1:1. The per-layer embedding modules
-follow Gemma3n. This file imports only torch, transformers and its sibling `*_moderngpt2` modules, so it is saved
-next to a checkpoint and loads with `trust_remote_code=True` where this package is not installed.
+(Gemma3n-style) live in `per_layer_moderngpt2.py`, the attention functions in `attention_moderngpt2.py`. This
+file imports only torch, transformers and its sibling `*_moderngpt2` modules, so it is saved next to a checkpoint
+and loads with `trust_remote_code=True` where this package is not installed.
 """
 
 import dataclasses
@@ -16,37 +17,20 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
-    CausalLMOutputWithPast,
-    SequenceClassifierOutputWithPast,
-    TokenClassifierOutput,
-)
+from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast,
+                                         SequenceClassifierOutputWithPast, TokenClassifierOutput)
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
-from .attention_moderngpt2 import (
-    ATTENTION_FUNCTIONS,
-    AttentionMask,
-    build_attention_masks,
-    is_external_attention,
-    resolve_attn_implementation,
-    select_attention_backend,
-)
+from .attention_moderngpt2 import (ATTENTION_FUNCTIONS, AttentionMask, build_attention_masks, is_external_attention,
+                                   resolve_attn_implementation, select_attention_backend)
 from .configuration_moderngpt2 import ModernGPT2Config
-from .loss_moderngpt2 import (
-    DEFAULT_CHUNK_SIZE,
-    causal_lm_loss_from_logits,
-    fused_linear_cross_entropy,
-    softcap,
-    upcast,
-)
-from .token_map_moderngpt2 import (
-    checked_per_layer_token_map,
-    default_per_layer_token_map,
-    resized_per_layer_token_map,
-)
+from .loss_moderngpt2 import (DEFAULT_CHUNK_SIZE, causal_lm_loss_from_logits, fused_linear_cross_entropy, softcap,
+                              upcast)
+from .per_layer_moderngpt2 import (ModernGPT2PerLayerEmbedding, ModernGPT2PerLayerGate, ModernGPT2PerLayerProjection,
+                                   checked_per_layer_token_map, default_per_layer_token_map,
+                                   resized_per_layer_token_map, scaled)
 
 
 # transformers 5.24 renamed the cache argument of forward/generate and the cache field of every output from
@@ -60,11 +44,6 @@ def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache |
     if cache is not None and past_key_values is not None:
         raise ValueError("pass the cache once, as `cache` or as `past_key_values`, not both")
     return past_key_values if cache is None else cache
-
-
-def _scaled(tensor, scale):
-    # The scale is rounded to the activation dtype first, as Gemma2/Gemma3n do (sqrt(768) becomes 27.75 in bf16).
-    return tensor * torch.tensor(scale, dtype=tensor.dtype)
 
 
 class ModernGPT2RMSNorm(nn.Module):
@@ -216,7 +195,11 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
         self.pre_feedforward_layernorm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_feedforward_layernorm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
-        self.per_layer_gate = ModernGPT2PerLayerGate(config) if config.use_per_layer_embedding else None
+        self.per_layer_gate = None
+        if config.use_per_layer_embedding:
+            self.per_layer_gate = ModernGPT2PerLayerGate(
+                config, norm=ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            )
 
     def forward(
         self,
@@ -257,78 +240,7 @@ class ModernGPT2ScaledWordEmbedding(nn.Embedding):
         self.embed_scale = embed_scale
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return _scaled(super().forward(input_ids), self.embed_scale)
-
-
-class ModernGPT2PerLayerEmbedding(nn.Embedding):
-    """One table of `V_p x (L * d)`: row t holds token t's d-wide embedding for every layer, scaled by sqrt(d)."""
-
-    def __init__(self, config: ModernGPT2Config):
-        super().__init__(config.per_layer_vocab_size, config.num_hidden_layers * config.per_layer_hidden_size)
-        self.num_layers = config.num_hidden_layers
-        self.per_layer_hidden_size = config.per_layer_hidden_size
-
-    def forward(self, per_layer_input_ids: torch.Tensor) -> torch.Tensor:
-        embeds = _scaled(super().forward(per_layer_input_ids), self.per_layer_hidden_size**0.5)
-        return embeds.view(*per_layer_input_ids.shape, self.num_layers, self.per_layer_hidden_size)  # (B, S, L, d)
-
-
-class ModernGPT2PerLayerProjection(nn.Module):
-    """Projects the main embeddings to one d-wide input per layer and combines it with the per-layer embeddings.
-
-    P = RMSNorm_d(view(W x_emb * H^-0.5, [B, S, L, d])), then with E the per-layer embeddings:
-    `scaled_add`: (P + E) * 2^-0.5 (Gemma3n); `concat`: a per-layer linear 2d -> d on [P; E];
-    `gated`: sigmoid(g) * P + (1 - sigmoid(g)) * E with learned per-layer, per-channel logits g.
-    Without per-layer embeddings (only `inputs_embeds` given), P alone, as in Gemma3n.
-    """
-
-    def __init__(self, config: ModernGPT2Config):
-        super().__init__()
-        self.hidden_size = config.hidden_size
-        self.num_layers = config.num_hidden_layers
-        self.per_layer_hidden_size = d = config.per_layer_hidden_size
-        self.combination_method = config.per_layer_combination_method
-        self.proj = nn.Linear(config.hidden_size, self.num_layers * d, bias=False)
-        self.norm = ModernGPT2RMSNorm(d, eps=config.rms_norm_eps)
-        if self.combination_method == "concat":
-            self.combine_weight = nn.Parameter(torch.empty(self.num_layers, 2 * d, d))
-        elif self.combination_method == "gated":
-            self.gate_logits = nn.Parameter(torch.zeros(self.num_layers, d))
-
-    def forward(self, inputs_embeds: torch.Tensor, per_layer_embeds: torch.Tensor | None) -> torch.Tensor:
-        projected = _scaled(self.proj(inputs_embeds), self.hidden_size**-0.5)
-        projected = self.norm(projected.view(*inputs_embeds.shape[:-1], self.num_layers, -1))  # (B, S, L, d)
-        if per_layer_embeds is None:
-            return projected
-        if self.combination_method == "scaled_add":
-            return _scaled(projected + per_layer_embeds, 2.0**-0.5)
-        if self.combination_method == "concat":
-            both = torch.cat((projected, per_layer_embeds), dim=-1)  # (B, S, L, 2d)
-            return torch.einsum("bsle,led->bsld", both, self.combine_weight.to(both.dtype))  # (B, S, L, d)
-        mix = self.mixing_weights().to(projected.dtype)  # (L, d)
-        return mix * projected + (1.0 - mix) * per_layer_embeds
-
-    def mixing_weights(self) -> torch.Tensor | None:
-        """`gated` only: sigmoid(g), the share of the projected main embedding per layer and channel, (L, d)."""
-        if self.combination_method != "gated":
-            return None
-        return torch.sigmoid(self.gate_logits)
-
-
-class ModernGPT2PerLayerGate(nn.Module):
-    """h <- h + RMSNorm_H(W_up(act(W_gate h) * p_i)): injects layer i's per-layer input into the residual stream."""
-
-    def __init__(self, config: ModernGPT2Config):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.per_layer_hidden_size, bias=False)
-        self.up_proj = nn.Linear(config.per_layer_hidden_size, config.hidden_size, bias=False)
-        self.norm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.act_fn = ACT2FN[config.per_layer_gate_activation]
-        self.dropout = nn.Dropout(config.per_layer_projection_dropout)
-
-    def forward(self, hidden_states: torch.Tensor, per_layer_input: torch.Tensor) -> torch.Tensor:
-        gated = self.act_fn(self.gate_proj(hidden_states)) * self.dropout(per_layer_input)  # (B, S, d)
-        return hidden_states + self.norm(self.up_proj(gated))
+        return scaled(super().forward(input_ids), self.embed_scale)
 
 
 class ModernGPT2PreTrainedModel(PreTrainedModel):
@@ -449,7 +361,9 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
         self.rotary_emb = ModernGPT2RotaryEmbedding(config)
         if config.use_per_layer_embedding:
             self.embed_tokens_per_layer = ModernGPT2PerLayerEmbedding(config)
-            self.per_layer_projection = ModernGPT2PerLayerProjection(config)
+            self.per_layer_projection = ModernGPT2PerLayerProjection(
+                config, norm=ModernGPT2RMSNorm(config.per_layer_hidden_size, eps=config.rms_norm_eps)
+            )
             # main id -> per-layer id; persistent, so it travels in the checkpoint and generation needs nothing extra
             self.register_buffer("per_layer_token_map", default_per_layer_token_map(config), persistent=True)
         self.gradient_checkpointing = False
@@ -548,15 +462,6 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def compute_logits(self, hidden_states: torch.Tensor, for_loss: bool = False) -> torch.Tensor:
-        """LM head then the final softcap; for the loss, upcast to float32 before the softcap."""
-        logits = self.lm_head(hidden_states)
-        if for_loss:
-            logits = upcast(logits)
-        if self.config.final_logit_softcapping is not None:
-            logits = softcap(logits, self.config.final_logit_softcapping)
-        return logits
-
     @can_return_tuple
     def forward(
         self,
@@ -576,16 +481,11 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         r"""
         labels: token ids, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
-        shift_labels (keyword): targets already shifted (transformers' convention, used by context parallelism):
-            position t predicts shift_labels[t]. When given they are used as they are, and `labels` is not shifted
-            again. It is read from `kwargs`, as in transformers' own models: the Trainer treats every named forward
-            parameter containing "label" as a label column, and would then compute no eval loss without it.
-        num_items_in_batch: when given (the Trainer does), the loss is sum / num_items_in_batch, so gradient
-            accumulation over micro-batches is exact; otherwise the mean over non-ignored tokens.
-        return_logits: with labels, the loss is the fused linear cross-entropy (LM head, softcap and loss in
-            chunks of `loss_chunk_size` positions, gradients computed in the forward) without ever holding the
-            full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well (the naive
-            path). Without labels, logits are always returned.
+        shift_labels (in `kwargs`, as in transformers, so the Trainer does not take it for a label column): targets
+            already shifted (context parallelism); position t predicts shift_labels[t].
+        num_items_in_batch: the loss is sum / num_items_in_batch (exact gradient accumulation); else the mean.
+        return_logits: with labels, the loss is fused with the LM head in chunks of `loss_chunk_size` positions
+            (`loss_moderngpt2.py`) and `logits` is None; `return_logits=True` computes the logits too (naive path).
         """
         shift_labels = kwargs.pop("shift_labels", None)
         wants_loss = labels is not None or shift_labels is not None
@@ -607,7 +507,9 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         loss = logits = None
         if return_logits or (wants_loss and self.lm_head_is_distributed()):
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = self.compute_logits(hidden_states[:, keep, :])
+            logits = self.lm_head(hidden_states[:, keep, :])
+            if self.config.final_logit_softcapping is not None:
+                logits = softcap(logits, self.config.final_logit_softcapping)
             if wants_loss:
                 loss = causal_lm_loss_from_logits(logits, labels, num_items_in_batch, shift_labels)
         elif wants_loss:
@@ -652,7 +554,10 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
 class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):
     """The base model with a linear `score` layer on every position; what the two classification heads share.
 
-    A `classifier_dropout` attribute on the config (not a field of ours; absent means 0) is applied before `score`.
+    Not transformers' GenericFor*Classification: ours pool the last *attended* token, so batches classify without
+    a pad token (GPT-2-style tokenizers have none; the generic head refuses batches then), and the token head keeps
+    a bias-free `score` and no dropout by default (the generic one adds a bias and 0.1 dropout, which would change
+    checkpoints). A `classifier_dropout` attribute on the config, if any, is applied before `score`.
     """
 
     def __init__(self, config: ModernGPT2Config):
@@ -669,19 +574,15 @@ class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         per_layer_input_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        past_key_values: Cache | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast | TokenClassifierOutput:
+        """`kwargs` reach the base model (`cache`/`past_key_values`, `use_cache`, `output_*`)."""
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
-            per_layer_input_ids=per_layer_input_ids,
-            use_cache=use_cache, **kwargs,
+            inputs_embeds=inputs_embeds, per_layer_input_ids=per_layer_input_ids, **kwargs,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, S, num_labels)
         return self.head_output(outputs, logits, labels, input_ids, attention_mask)
