@@ -172,7 +172,10 @@ def build_attention_masks(layer_types, attention_mask, past_key_values, past_see
     return masks
 
 
-def repeat_kv(hidden_states, n_rep):
+AttentionOutput = tuple[torch.Tensor, torch.Tensor | None]  # (B, Q, Hq, D) and the weights (eager only)
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     """(B, Hkv, K, D) -> (B, Hkv * n_rep, K, D), each KV head shared by n_rep consecutive query heads."""
     if n_rep == 1:
         return hidden_states
@@ -181,19 +184,9 @@ def repeat_kv(hidden_states, n_rep):
     return hidden_states.reshape(batch, num_kv_heads * n_rep, length, head_dim)
 
 
-def eager_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: AttentionMask,
-    *,
-    scaling: float,
-    dropout: float,
-    softcap: float | None,
-    sliding_window: int | None,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: AttentionMask, *, scaling: float, dropout: float, softcap: float | None,
+                            sliding_window: int | None, **kwargs) -> AttentionOutput:
     """Reference implementation: scores, softcap, mask, fp32 softmax."""
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
@@ -208,19 +201,9 @@ def eager_attention_forward(
     return output.transpose(1, 2), weights
 
 
-def sdpa_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: AttentionMask,
-    *,
-    scaling: float,
-    dropout: float,
-    softcap: float | None,
-    sliding_window: int | None,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sdpa_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: AttentionMask, *, scaling: float, dropout: float, softcap: float | None,
+                           sliding_window: int | None, **kwargs) -> AttentionOutput:
     if softcap is not None:
         raise ValueError(
             "attn_implementation='sdpa' cannot apply attn_logit_softcapping; use 'eager' or 'flex_attention', "
@@ -267,19 +250,9 @@ def _flex_attention_function(device_type):
     return torch.compile(flex_attention) if device_type == "cuda" else flex_attention
 
 
-def flex_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: AttentionMask,
-    *,
-    scaling: float,
-    dropout: float,
-    softcap: float | None,
-    sliding_window: int | None,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def flex_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: AttentionMask, *, scaling: float, dropout: float, softcap: float | None,
+                           sliding_window: int | None, **kwargs) -> AttentionOutput:
     if dropout > 0.0:
         raise ValueError("attn_implementation='flex_attention' has no attention dropout; set attention_dropout=0.0")
     if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
@@ -298,19 +271,9 @@ def flex_attention_forward(
     return output.transpose(1, 2), None
 
 
-def flash_attention_forward(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: AttentionMask,
-    *,
-    scaling: float,
-    dropout: float,
-    softcap: float | None,
-    sliding_window: int | None,
-    **kwargs,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def flash_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: AttentionMask, *, scaling: float, dropout: float, softcap: float | None,
+                            sliding_window: int | None, **kwargs) -> AttentionOutput:
     from flash_attn import flash_attn_func
 
     if (attention_mask.key_valid is not None or attention_mask.document_ids is not None
