@@ -18,6 +18,7 @@ from moderngpt2 import (
     ModernGPT2ForTokenClassification,
     ModernGPT2Model,
 )
+from moderngpt2.attention_moderngpt2 import build_attention_masks
 from moderngpt2.modeling_moderngpt2 import (
     ModernGPT2RMSNorm,
     ModernGPT2RotaryEmbedding,
@@ -57,6 +58,28 @@ def test_forward_shapes_of_every_head():
     assert ModernGPT2ForSequenceClassification(config)(ids).logits.shape == (2, 3)
     assert ModernGPT2ForTokenClassification(config)(ids).logits.shape == (2, 11, 3)
     assert isinstance(ModernGPT2ForCausalLM(config)(ids, return_dict=False), tuple)
+
+
+def test_hidden_states_are_the_layer_inputs_then_the_normed_output():
+    """What output capturing records: the first layer's input (before its per-layer gate), every later layer's
+    input, and the final normed state, recomputed here layer by layer."""
+    config = tiny_config(n_layer=3, use_per_layer_embedding=True, per_layer_vocab_size=40, per_layer_hidden_size=8)
+    model = ModernGPT2Model(config).eval()
+    ids = torch.randint(0, VOCAB, (2, 6))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        per_layer = model.per_layer_inputs(ids, model.embed_tokens(ids), None)
+        masks = build_attention_masks(config.layer_types, None, None, 0, 6, ids.device)
+        rope = model.rotary_emb(out.hidden_states[0], torch.arange(6)[None])
+        expected = [model.embed_tokens(ids)]
+        for i, layer in enumerate(model.layers):
+            expected.append(layer(expected[-1], per_layer[:, :, i], attention_mask=masks[layer.attention_type],
+                                  attn_backend="eager", position_embeddings=rope))
+        expected[-1] = model.norm(expected[-1])
+    assert len(out.hidden_states) == config.n_layer + 1
+    for ours, theirs in zip(out.hidden_states, expected):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state, atol=0, rtol=0)
 
 
 def test_eager_returns_attention_weights_that_are_causal():
