@@ -29,8 +29,8 @@ from .configuration_moderngpt2 import ModernGPT2Config
 from .loss_moderngpt2 import (DEFAULT_CHUNK_SIZE, causal_lm_loss_from_logits, fused_linear_cross_entropy, softcap,
                               upcast)
 from .per_layer_moderngpt2 import (ModernGPT2PerLayerEmbedding, ModernGPT2PerLayerGate, ModernGPT2PerLayerProjection,
-                                   checked_per_layer_token_map, default_per_layer_token_map,
-                                   resized_per_layer_token_map, scaled)
+                                   check_per_layer_unk_id, checked_per_layer_token_map, default_per_layer_token_map,
+                                   per_layer_ids_for_generation, resized_per_layer_token_map, scaled)
 
 
 # transformers 5.24 renamed the cache argument of forward/generate and the cache field of every output from
@@ -279,12 +279,7 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
             # non-persistent, so never loaded: from_pretrained materialises it empty and relies on this
             init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
         elif isinstance(module, ModernGPT2PerLayerProjection):
-            if module.combination_method == "concat":
-                # [I; I] * 2^-0.5 makes `concat` start exactly where `scaled_add` is, then learn from there.
-                eye = torch.eye(module.per_layer_hidden_size) * 2.0**-0.5
-                init.copy_(module.combine_weight, torch.cat((eye, eye)).expand_as(module.combine_weight))
-            elif module.combination_method == "gated":
-                init.zeros_(module.gate_logits)  # sigmoid(0) = 0.5: an even mix at the start
+            module.init_combination()
         elif isinstance(module, ModernGPT2Model) and module.config.use_per_layer_embedding:
             init.copy_(module.per_layer_token_map, default_per_layer_token_map(module.config))
 
@@ -335,12 +330,7 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         """
         if not self.config.use_per_layer_embedding:
             return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        size = self.config.per_layer_vocab_size
-        if per_layer_unk_id is not None and not (isinstance(per_layer_unk_id, int) and 0 <= per_layer_unk_id < size):
-            raise ValueError(
-                f"per_layer_unk_id={per_layer_unk_id!r} must be a row of the per-layer table, an integer in "
-                f"[0, per_layer_vocab_size={size})"
-            )
+        check_per_layer_unk_id(per_layer_unk_id, self.config.per_layer_vocab_size)  # before anything changes
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         base = self.base_model
         base.per_layer_token_map = resized_per_layer_token_map(
@@ -534,16 +524,11 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         # Everything else (the cache among it, under whichever name this transformers uses) passes through untouched.
         model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         if per_layer_input_ids is not None:
-            # Explicit ids cover the prompt; the tokens generated after it are mapped like any other token.
-            total = input_ids.shape[1] + (inputs_embeds.shape[1] if inputs_embeds is not None else 0)
-            missing = total - per_layer_input_ids.shape[1]
-            if missing > 0:
-                new_ids = self.model.map_per_layer_ids(input_ids[:, -missing:]).to(per_layer_input_ids.device)
-                per_layer_input_ids = torch.cat((per_layer_input_ids, new_ids), dim=1)
             current = model_inputs.get("input_ids")
-            if current is None:
-                current = model_inputs["inputs_embeds"]
-            model_inputs["per_layer_input_ids"] = per_layer_input_ids[:, -current.shape[1] :]
+            current_length = (current if current is not None else model_inputs["inputs_embeds"]).shape[1]
+            model_inputs["per_layer_input_ids"] = per_layer_ids_for_generation(
+                per_layer_input_ids, input_ids, inputs_embeds, self.model.per_layer_token_map, current_length
+            )
         return model_inputs
 
     def create_masks_for_generate(self, attention_mask=None, **kwargs):

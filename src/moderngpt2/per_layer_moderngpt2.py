@@ -11,6 +11,7 @@ This module imports only torch and transformers, so it travels next to a checkpo
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 
 
@@ -49,6 +50,30 @@ def checked_per_layer_token_map(token_map, vocab_size: int, per_layer_vocab_size
             f"[0, per_layer_vocab_size={per_layer_vocab_size})"
         )
     return token_map.to(torch.long)
+
+
+def check_per_layer_unk_id(unk_id: int | None, per_layer_vocab_size: int) -> None:
+    """A ValueError unless `unk_id` is None or a row of the per-layer table."""
+    if unk_id is not None and not (isinstance(unk_id, int) and 0 <= unk_id < per_layer_vocab_size):
+        raise ValueError(
+            f"per_layer_unk_id={unk_id!r} must be a row of the per-layer table, an integer in "
+            f"[0, per_layer_vocab_size={per_layer_vocab_size})"
+        )
+
+
+def per_layer_ids_for_generation(per_layer_input_ids: torch.Tensor, input_ids: torch.Tensor,
+                                 inputs_embeds: torch.Tensor | None, token_map: torch.Tensor,
+                                 current_length: int) -> torch.Tensor:
+    """The last `current_length` per-layer ids of a generation step.
+
+    Explicit ids cover the prompt; the tokens generated after it are mapped through `token_map` like any other.
+    """
+    total = input_ids.shape[1] + (inputs_embeds.shape[1] if inputs_embeds is not None else 0)
+    missing = total - per_layer_input_ids.shape[1]
+    if missing > 0:
+        new_ids = token_map[input_ids[:, -missing:]].to(per_layer_input_ids.device)
+        per_layer_input_ids = torch.cat((per_layer_input_ids, new_ids), dim=1)
+    return per_layer_input_ids[:, -current_length:]
 
 
 def resized_per_layer_token_map(token_map: torch.Tensor, new_size: int, per_layer_vocab_size: int,
@@ -120,6 +145,15 @@ class ModernGPT2PerLayerProjection(nn.Module):
             return torch.einsum("bsle,led->bsld", both, self.combine_weight.to(both.dtype))  # (B, S, L, d)
         mix = self.mixing_weights().to(projected.dtype)  # (L, d)
         return mix * projected + (1.0 - mix) * per_layer_embeds
+
+    @torch.no_grad()
+    def init_combination(self) -> None:
+        """`concat` starts at [I; I] * 2^-0.5, exactly where `scaled_add` is; `gated` at an even mix (sigmoid(0))."""
+        if self.combination_method == "concat":
+            eye = torch.eye(self.per_layer_hidden_size) * 2.0**-0.5
+            init.copy_(self.combine_weight, torch.cat((eye, eye)).expand_as(self.combine_weight))
+        elif self.combination_method == "gated":
+            init.zeros_(self.gate_logits)
 
     def mixing_weights(self) -> torch.Tensor | None:
         """`gated` only: sigmoid(g), the share of the projected main embedding per layer and channel, (L, d)."""
