@@ -53,12 +53,12 @@ class AttentionMask:
         self.document_ids = document_ids  # (B, Q) document of each position when queries and keys are aligned
         self._built = {}
 
-    def is_plain_causal(self, sliding_window):
+    def is_plain_causal(self, sliding_window: int | None) -> bool:
         """True when `is_causal=True` of the fused kernels describes this mask exactly."""
         window_is_moot = sliding_window is None or sliding_window >= len(self.query_slots)
         return self.key_valid is None and self.document_ids is None and self.aligned and window_is_moot
 
-    def dense(self, sliding_window):
+    def dense(self, sliding_window: int | None) -> torch.Tensor:
         """Boolean mask `(B or 1, 1, Q, K)`, True where attention is allowed."""
         key = ("dense", sliding_window)
         if key not in self._built:
@@ -75,7 +75,7 @@ class AttentionMask:
             self._built[key] = allowed[:, None]  # (B or 1, 1, Q, K)
         return self._built[key]
 
-    def block_mask(self, sliding_window):
+    def block_mask(self, sliding_window: int | None):
         """FlexAttention BlockMask for the same rule as `dense`.
 
         Without padding the mask depends only on the slot ranges, so it is taken from a small cache shared by
@@ -121,8 +121,9 @@ def _unpadded_block_mask(device, query_start, query_length, key_start, key_lengt
     return _create_block_mask(query_slots, key_slots, None, sliding_window)
 
 
-def build_attention_masks(layer_types, attention_mask, past_key_values, past_seen, seq_len, device,
-                          document_ids=None):
+def build_attention_masks(layer_types: list[str], attention_mask: torch.Tensor | None, past_key_values,
+                          past_seen: int | torch.Tensor, seq_len: int, device: torch.device,
+                          document_ids: torch.Tensor | None = None) -> dict[str, AttentionMask]:
     """One AttentionMask per attention type: the slots of this forward's queries and of the keys it reads.
 
     Cache layers report which absolute slots their returned keys cover (`get_mask_sizes`): all slots for full
