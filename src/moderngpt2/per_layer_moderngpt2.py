@@ -21,8 +21,6 @@ def scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
     return tensor * torch.tensor(scale, dtype=tensor.dtype)
 
 
-
-
 def gemma3n_per_layer_ids(main_ids: torch.Tensor, per_layer_vocab_size: int) -> torch.Tensor:
     """Gemma3n's rule: a main id below per_layer_vocab_size is its own per-layer id, any other id maps to row 0."""
     return torch.where(main_ids < per_layer_vocab_size, main_ids, torch.zeros_like(main_ids))
