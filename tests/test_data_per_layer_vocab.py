@@ -183,3 +183,23 @@ def test_stream_and_vocab_mistakes_are_one_line_errors(setup, tmp_path, capsys):
         load_per_layer_vocab(str(tmp_path / "bad.json"))
     with pytest.raises(UserError, match="per-layer vocabulary file not found"):
         load_per_layer_vocab(str(tmp_path / "none.json"))
+
+
+def test_output_file_is_the_canonical_name_of_the_vocabulary_file(setup, tmp_path, capsys):
+    """--output_file, --output and Megatron's --per-layer-vocab-file name the same file; one is required."""
+    root, _, _ = setup
+    flags = ["per-layer-vocab", "--tokenizer_path", str(root / "tok"), "--input", str(root / "corpus.jsonl"),
+             "--per-layer-vocab-size", str(V_P), "--per-layer-strategy", "frequency", "--no_progress"]
+    for flag in ("--output_file", "--output", "--per-layer-vocab-file"):
+        assert cli.main([*flags, flag, str(tmp_path / f"{flag.strip('-')}.json")]) == 0
+    written = {(tmp_path / f"{flag.strip('-')}.json").read_bytes() for flag in
+               ("--output_file", "--output", "--per-layer-vocab-file")}
+    assert len(written) == 1 and load_per_layer_vocab(str(tmp_path / "output_file.json")).per_layer_vocab_size == V_P
+    capsys.readouterr()
+    assert cli.main(flags) == 2
+    assert "error: --output_file is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["per-layer-vocab", "--help"])
+    shown = capsys.readouterr().out
+    assert "--output_file OUTPUT_FILE" in shown and "--seed SEED" in shown and "(default: 0)" in shown
+    assert "--per-layer-vocab-file" not in shown and "--output OUTPUT" not in shown

@@ -311,3 +311,36 @@ def test_complete_output_is_kept_and_other_settings_need_overwrite(tmp_path, tok
     (tmp_path / "empty.jsonl").write_text("\n\n")
     assert pretokenize(tokenizer_dir, [str(tmp_path / "empty.jsonl")], tmp_path / "o3") == 2
     assert "no documents" in capsys.readouterr().err
+
+
+def test_canonical_output_dir_a_file_of_arguments_and_the_library_call_give_the_same_bytes(tmp_path, tokenizer_dir):
+    """--output_dir (canonical), --output_path (alias), a YAML file of arguments and `pretokenize(...)` called
+    with the argument dataclasses all write the same shards."""
+    from moderngpt2.arguments import SourceArguments, TokenizerArguments
+    from moderngpt2.data.pretokenize import PretokenizeArguments
+    from moderngpt2.data.pretokenize import pretokenize as pretokenize_library
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", make_documents(120))
+    assert pretokenize(tokenizer_dir, [corpus], tmp_path / "alias", "--block_size", "16") == 0
+    assert cli.main(["pretokenize", "--tokenizer_path", tokenizer_dir, "--input", corpus, "--output_dir",
+                     str(tmp_path / "canonical"), "--block_size", "16", "--no_progress"]) == 0
+    (tmp_path / "args.yaml").write_text(f"tokenizer_path: {tokenizer_dir}\ninput: [{corpus}]\nblock-size: 16\n"
+                                        f"output_dir: {tmp_path / 'from_file'}\nno_progress: true\n")
+    assert cli.main(["pretokenize", str(tmp_path / "args.yaml")]) == 0
+    pretokenize_library(TokenizerArguments(tokenizer_path=tokenizer_dir), SourceArguments(input=[corpus]),
+                        PretokenizeArguments(output_dir=str(tmp_path / "library"), block_size=16, no_progress=True))
+    shards = sorted(p.relative_to(tmp_path / "alias") for p in (tmp_path / "alias").rglob("*.parquet"))
+    assert shards
+    for other in ("canonical", "from_file", "library"):
+        for shard in shards:
+            assert (tmp_path / other / shard).read_bytes() == (tmp_path / "alias" / shard).read_bytes()
+
+
+def test_json_inputs_in_a_list_of_inputs_are_inputs_not_a_file_of_arguments(tmp_path, tokenizer_dir):
+    """`.json` is a JSON Lines suffix: among --input's values it is read as text, wherever it stands."""
+    first = write_jsonl(tmp_path / "a.jsonl", make_documents(40, seed=1))
+    second = write_jsonl(tmp_path / "b.json", make_documents(40, seed=2))
+    assert pretokenize(tokenizer_dir, [first, second], tmp_path / "out", "--block_size", "16",
+                       "--validation_split_percentage", "0") == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"] == [first, second] and manifest["splits"]["train"]["documents"] == 80

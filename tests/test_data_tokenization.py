@@ -113,3 +113,22 @@ def test_tokenizer_mistakes_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "in.jsonl:2: malformed JSON" in err
     assert not (tmp_path / "t" / "tokenizer.json").exists()
+
+
+def test_canonical_flag_names_train_the_same_tokenizer_as_the_old_ones(tmp_path, corpus_file, capsys):
+    """--output_dir/--max_input_lines_total are the canonical names; --output_path/--max_train_lines still work."""
+    common = ["train-tokenizer", "--input", str(corpus_file), "--vocab_size", "400", "--no_progress"]
+    assert cli.main([*common, "--output_path", str(tmp_path / "old"), "--max_train_lines", "100"]) == 0
+    assert cli.main([*common, "--output_dir", str(tmp_path / "new"), "--max-input-lines-total", "100"]) == 0
+    assert cli.main([*common, "--output_dir", str(tmp_path / "all")]) == 0
+    read = {name: (tmp_path / name / "tokenizer.json").read_bytes() for name in ("old", "new", "all")}
+    assert read["old"] == read["new"] != read["all"]  # the limit took effect under both names
+    capsys.readouterr()
+    assert cli.main(common) == 2
+    assert capsys.readouterr().err.strip() == ("moderngpt2 train-tokenizer: error: --output_dir is required; see "
+                                               "'moderngpt2 train-tokenizer --help'")
+    with pytest.raises(SystemExit):
+        cli.main(["train-tokenizer", "--help"])
+    shown = capsys.readouterr().out
+    assert "--output_dir OUTPUT_DIR" in shown and "--max_input_lines_total" in shown
+    assert "--output_path" not in shown and "--max_train_lines" not in shown and "--output-dir" not in shown

@@ -107,7 +107,8 @@ class CanonicalHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, False, [], argparse.SUPPRESS) or action.nargs == 0:
+        if "default" in text or any(default is empty for empty in (None, False, argparse.SUPPRESS)) \
+                or default == [] or action.nargs == 0:
             return text
         return f"{text} (default: {default})"
 
@@ -123,14 +124,21 @@ class CommandParser(HfArgumentParser):
         match = re.match(r"unrecognized arguments: (.*)", message)
         if match:
             raise unknown_flags_error(match.group(1).split(), self)
+        match = re.match(r"the following arguments are required: (.*)", message)
+        if match:  # name each missing flag once, by its canonical name, not by all its spellings
+            missing = [name.split("/")[0] for name in match.group(1).split(", ")]
+            raise UserError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required; "
+                            f"see '{self.prog} --help'")
         raise UserError(message)
 
-    def takes_value(self, token: str) -> bool:
-        """Whether `token` is a flag that consumes the next word."""
+    def values_taken(self, token: str) -> float:
+        """How many of the following words the flag `token` consumes: 0, 1, or any number (a list flag)."""
         if not token.startswith("--") or "=" in token:
-            return False
+            return 0
         action = self._option_string_actions.get(token)
-        return action is not None and action.nargs not in (0, "?")
+        if action is None or action.nargs in (0, "?"):
+            return 0
+        return float("inf") if action.nargs in ("+", "*") else 1
 
     def is_optional_bool(self, token: str) -> bool:
         action = self._option_string_actions.get(token.split("=", 1)[0])
@@ -161,10 +169,17 @@ def explicit_switches(argv: list[str], parser: CommandParser) -> list[str]:
 
 
 def take_config_file(argv: list[str], parser: CommandParser) -> tuple[list[str], str | None]:
-    """The arguments without the YAML/JSON file of arguments (anywhere on the line), and that file."""
+    """The arguments without the YAML/JSON file of arguments (anywhere on the line), and that file.
+
+    A word among the values of a flag is a value, not the file: `--input a.jsonl b.json` reads two inputs.
+    """
+    values_left = 0  # words the last flag may still take: 1 for a one-value flag, unbounded for a list
     for index, token in enumerate(argv):
-        if (token.endswith(CONFIG_FILE_SUFFIXES) and not token.startswith("-")
-                and not (index and parser.takes_value(argv[index - 1]))):
+        if token.startswith("-"):
+            values_left = parser.values_taken(token)
+        elif values_left:
+            values_left -= 1
+        elif token.endswith(CONFIG_FILE_SUFFIXES):
             return argv[:index] + argv[index + 1:], token
     return argv, None
 

@@ -1,6 +1,6 @@
 """Tokenizers: train one (byte-level BPE or unigram), load one, and fingerprint it.
 
-``moderngpt2 train-tokenizer`` writes a directory that ``AutoTokenizer.from_pretrained`` loads. Both kinds
+``train_tokenizer`` + ``save_tokenizer`` write a directory that ``AutoTokenizer.from_pretrained`` loads. Both kinds
 round-trip any text exactly (``decode(encode(x)) == x``): byte-level BPE by construction, unigram through
 SentencePiece-style byte fallback (the 256 byte pieces ``<0x00>`` ... ``<0xFF>`` are part of the vocabulary),
 and neither normalises the text. The special tokens come first, so their ids are the smallest ones and
@@ -11,24 +11,20 @@ A GPT-2 style ``vocab.json`` + ``merges.txt`` pair is accepted wherever a tokeni
 checked against the tokenizer a run uses.
 """
 
-import argparse
 import difflib
 import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
+from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from .argparsing import CommandParser
-from .data.arguments import add_flag, add_source_flags, source_specs
-from .data.sources import iter_texts
-from .errors import UserError
+from .arguments import TokenizerArguments, arg
+from .errors import UserError, first_line
 from .fileio import make_directory
 
-DEFAULT_C4_LANGS = ["en", "ja", "ko", "zh"]
 GPT2_EOS = "<|endoftext|>"
 BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
 METASPACE = "\u2581"
@@ -107,21 +103,20 @@ def load_tokenizer(tokenizer_path=None, vocab_file=None, merge_file=None):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:  # OSError, ValueError, EnvironmentError from the hub or a broken directory
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if not os.path.exists(path):
             raise UserError(f"Tokenizer not found: {tokenizer_path} — no such directory, and not loadable as a "
-                            f"hub name ({first_line})") from None
-        raise UserError(f"cannot load the tokenizer {tokenizer_path}: {first_line}") from None
+                            f"hub name ({first_line(error)})") from None
+        raise UserError(f"cannot load the tokenizer {tokenizer_path}: {first_line(error)}") from None
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise UserError(f"{tokenizer_path}: not a fast (Rust) tokenizer — save it with tokenizer.json")
     return tokenizer
 
 
-def tokenizer_from_args(args):
-    """The tokenizer named by the data commands' flags (see ``data.arguments.add_tokenizer_flags``)."""
-    if args.tokenizer_type and not (args.vocab_file and args.merge_file):
-        raise UserError(f"--tokenizer-type {args.tokenizer_type} reads --vocab-file and --merge-file: give both")
-    return load_tokenizer(args.tokenizer_path, args.vocab_file, args.merge_file)
+def tokenizer_from_arguments(arguments: TokenizerArguments):
+    """The tokenizer named by a command's tokenizer flags."""
+    if arguments.tokenizer_type and not (arguments.vocab_file and arguments.merge_file):
+        raise UserError(f"--tokenizer-type {arguments.tokenizer_type} reads --vocab-file and --merge-file: give both")
+    return load_tokenizer(arguments.tokenizer_path, arguments.vocab_file, arguments.merge_file)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -218,66 +213,51 @@ def train_tokenizer(texts, model_type="bpe", vocab_size=32000, special_tokens=No
     return tokenizer
 
 
-def check_output_path(output_path: str, overwrite: bool) -> None:
+@dataclass
+class TokenizerTrainingArguments:
+    """What `train-tokenizer` makes and where it goes (the text comes from SourceArguments)."""
+
+    _argument_group_name = "tokenizer training"
+
+    output_dir: str = arg(help="directory to write the tokenizer into", aliases=("--output_path",))
+    vocab_size: int = arg(32000, "vocabulary size, specials included")
+    model_type: str = arg("bpe", "bpe: byte-level BPE like GPT-2; unigram: SentencePiece-style with byte fallback",
+                          choices=("bpe", "unigram"))
+    special_tokens: list[str] = arg([GPT2_EOS, "<unk>", "<pad>"], "special tokens, given the smallest ids in this order")
+    bos_token: str = arg(GPT2_EOS, "beginning-of-sequence token")
+    eos_token: str = arg(GPT2_EOS, "end-of-document token")
+    unk_token: str = arg("<unk>", "unknown token")
+    pad_token: str = arg("<pad>", "padding token")
+    min_frequency: int = arg(2, "BPE: minimum count of a merged pair")
+    overwrite: bool = arg(False, "replace a tokenizer already in --output_dir")
+    no_progress: bool = arg(False, "no progress bar")
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
     """Refuse to replace a tokenizer silently: data and models made with it would no longer match it."""
-    if os.path.isfile(os.path.join(output_path, "tokenizer.json")) and not overwrite:
-        raise UserError(f"{output_path} already holds a tokenizer; data and models made with it need it as it is — "
-                        "choose another --output_path, or pass --overwrite to replace it")
-    make_directory(output_path, "--output_path")
+    if os.path.isfile(os.path.join(output_dir, "tokenizer.json")) and not overwrite:
+        raise UserError(f"{output_dir} already holds a tokenizer; data and models made with it need it as it is — "
+                        "choose another --output_dir, or pass --overwrite to replace it")
+    make_directory(output_dir, "--output_dir")
 
 
-def save_tokenizer(tokenizer, output_path: str) -> None:
+def save_tokenizer(tokenizer, output_dir: str) -> None:
     """Write the tokenizer files into a fresh folder first, then move them in: never a half-written directory."""
-    make_directory(output_path, "--output_path")
-    staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=output_path)
+    make_directory(output_dir, "--output_dir")
+    staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=output_dir)
     try:
         tokenizer.save_pretrained(staging)
         for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(output_path, name))
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="moderngpt2 train-tokenizer",
-        description="Train a byte-level BPE (default) or unigram tokenizer that AutoTokenizer loads. Without "
-                    "--input it streams multilingual C4 (en ja ko zh).")
-    add_source_flags(parser, limit_flag="--max_train_lines")
-    add_flag(parser, "--output_path", required=True, help="directory to write the tokenizer into")
-    add_flag(parser, "--vocab_size", type=int, default=32000, help="vocabulary size, specials included (32000)")
-    add_flag(parser, "--model_type", choices=("bpe", "unigram"), default="bpe",
-             help="bpe: byte-level BPE like GPT-2 (default); unigram: SentencePiece-style with byte fallback")
-    add_flag(parser, "--special_tokens", nargs="+", default=[GPT2_EOS, "<unk>", "<pad>"],
-             help="special tokens, given the smallest ids in this order (default: <|endoftext|> <unk> <pad>)")
-    add_flag(parser, "--bos_token", default=GPT2_EOS, help=f"beginning-of-sequence token (default: {GPT2_EOS})")
-    add_flag(parser, "--eos_token", default=GPT2_EOS, help=f"end-of-document token (default: {GPT2_EOS})")
-    add_flag(parser, "--unk_token", default="<unk>", help="unknown token (default: <unk>)")
-    add_flag(parser, "--pad_token", default="<pad>", help="padding token (default: <pad>)")
-    add_flag(parser, "--min_frequency", type=int, default=2, help="BPE: minimum count of a merged pair (2)")
-    add_flag(parser, "--overwrite", action="store_true", help="replace a tokenizer already in --output_path")
-    add_flag(parser, "--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    check_output_path(args.output_path, args.overwrite)
-    if not args.input and not args.c4_langs:
-        args.c4_langs = DEFAULT_C4_LANGS
-        print(f"no --input: streaming C4 ({' '.join(DEFAULT_C4_LANGS)}) from {args.c4_dataset}", file=sys.stderr)
-    texts = iter_texts(source_specs(args), args.text_field, args.on_bad_record, args.max_train_lines,
-                       c4_dataset=args.c4_dataset, split=args.dataset_split)
-    tokenizer = train_tokenizer(texts, args.model_type, args.vocab_size, args.special_tokens, args.bos_token,
-                                args.eos_token, args.unk_token, args.pad_token, args.min_frequency,
-                                progress=not args.no_progress)
-    save_tokenizer(tokenizer, args.output_path)
-    roles = ", ".join(f"{role}={getattr(tokenizer, role)}({getattr(tokenizer, role + '_id')})"
-                      for role in ("bos_token", "eos_token", "unk_token", "pad_token"))
-    print(f"wrote {args.model_type} tokenizer to {args.output_path}: {len(tokenizer)} tokens; {roles}; "
-          f"fingerprint {tokenizer_fingerprint(tokenizer)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def train_and_save_tokenizer(texts, arguments: TokenizerTrainingArguments):
+    """Train a tokenizer on `texts` (an iterable, read only after --output_dir is checked) and save it there."""
+    check_output_dir(arguments.output_dir, arguments.overwrite)
+    tokenizer = train_tokenizer(texts, arguments.model_type, arguments.vocab_size, arguments.special_tokens,
+                                arguments.bos_token, arguments.eos_token, arguments.unk_token, arguments.pad_token,
+                                arguments.min_frequency, progress=not arguments.no_progress)
+    save_tokenizer(tokenizer, arguments.output_dir)
+    return tokenizer

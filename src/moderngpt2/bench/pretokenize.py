@@ -11,20 +11,18 @@ Without ``--input`` the corpus is the standard library's docstrings (repeated ``
 without ``--tokenizer_path`` a byte-level BPE tokenizer is trained on it first (not timed).
 """
 
-import contextlib
-import io
 import itertools
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..arguments import arg
+from ..arguments import SourceArguments, TokenizerArguments, arg
 from ..data.blocks import iter_shard_blocks
+from ..data.pretokenize import PretokenizeArguments, pretokenize
 from ..data.sources import iter_texts
 from ..data.stdlib_corpus import build_stdlib_corpus
 from ..errors import UserError
@@ -68,17 +66,12 @@ def _default_corpus(workdir: str, repeat: int) -> str:
     return path
 
 
-def run_ours(run_command: Callable[[list[str]], int], corpus: str, tokenizer_path: str, out: str,
-             block_size: int, num_proc: int) -> float:
-    """Seconds of `moderngpt2 pretokenize` on the corpus (its summary is not printed)."""
-    argv = ["pretokenize", "--tokenizer_path", tokenizer_path, "--input", corpus, "--output_path", out,
-            "--block_size", str(block_size), "--validation_split_percentage", "0", "--num_proc", str(num_proc),
-            "--no_progress", "--overwrite"]
+def run_ours(corpus: str, tokenizer_path: str, out: str, block_size: int, num_proc: int) -> float:
+    """Seconds of our pretokenizer on the corpus, with the settings of `moderngpt2 pretokenize`."""
+    settings = PretokenizeArguments(output_dir=out, block_size=block_size, validation_split_percentage=0,
+                                    num_proc=num_proc, no_progress=True, overwrite=True)
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        status = run_command(argv)
-    if status:
-        raise UserError(f"`moderngpt2 pretokenize` stopped with status {status}")
+    pretokenize(TokenizerArguments(tokenizer_path=tokenizer_path), SourceArguments(input=[corpus]), settings)
     return time.perf_counter() - start
 
 
@@ -120,13 +113,8 @@ def _same_stream(ours_dir: str, tokenized, block_size: int) -> bool:
     return ours.size == stream.size // block_size * block_size and bool((ours == stream[:ours.size]).all())
 
 
-def run_benchmark(settings: PretokenizeBenchArguments, output_json: str | None,
-                  run_command: Callable[[list[str]], int]) -> dict:
-    """Both pipelines on one corpus, `settings.runs` times each; their best throughputs and whether they agree.
-
-    `run_command` runs a `moderngpt2` command line in this process (the CLI's dispatcher, which sits above
-    this library): ours is timed exactly as a user runs it.
-    """
+def run_benchmark(settings: PretokenizeBenchArguments, output_json: str | None) -> dict:
+    """Both pipelines on one corpus, `settings.runs` times each; their best throughputs and whether they agree."""
     baseline_procs = settings.num_proc if settings.baseline_num_proc is None else settings.baseline_num_proc
     with tempfile.TemporaryDirectory(prefix="bench-pretokenize-") as workdir:
         corpus = settings.input or _default_corpus(workdir, settings.repeat)
@@ -139,8 +127,8 @@ def run_benchmark(settings: PretokenizeBenchArguments, output_json: str | None,
         megabytes = os.path.getsize(corpus) / 1e6
         ours_times, baseline_times = [], []
         for run in range(settings.runs):
-            ours_times.append(run_ours(run_command, corpus, tokenizer_path, os.path.join(workdir, "ours"),
-                                       settings.block_size, settings.num_proc))
+            ours_times.append(run_ours(corpus, tokenizer_path, os.path.join(workdir, "ours"), settings.block_size,
+                                       settings.num_proc))
             seconds, tokenized = run_baseline(corpus, tokenizer, os.path.join(workdir, f"baseline-{run}.parquet"),
                                               os.path.join(workdir, f"cache-{run}"), settings.block_size,
                                               baseline_procs)

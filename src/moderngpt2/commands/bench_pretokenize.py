@@ -3,13 +3,12 @@
 from ..arguments import parse_command
 from ..bench.common import JsonOutputArguments
 from ..bench.pretokenize import PretokenizeBenchArguments, format_report, run_benchmark
-from ..cli import run
 
 
 def main(argv: list[str]) -> int:
     settings, output = parse_command(
         "moderngpt2 bench pretokenize", (PretokenizeBenchArguments, JsonOutputArguments), argv,
         description="Pretokenization throughput of ModernGPT2 against the datasets.map recipe, on the same corpus.")
-    result = run_benchmark(settings, output.output_json, run_command=run)
+    result = run_benchmark(settings, output.output_json)
     print(format_report(result))
     return 0 if result["same_token_stream"] else 1

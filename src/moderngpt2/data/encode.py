@@ -65,7 +65,6 @@ class EncodedChunk:
     tokens: np.ndarray  # int32, the documents with their separators, back to back
     lengths: np.ndarray  # int64, tokens per document (separators included)
     digests: np.ndarray  # uint64, seeded hash of each document's text
-    text_bytes: int  # UTF-8 bytes of the documents
     raw_bytes: int  # bytes of input read for this chunk
     skipped: Counter
     end: Position
@@ -140,9 +139,7 @@ class ChunkEncoder:
             tokens = np.insert(tokens, starts + np.arange(len(starts)), np.int32(s.bos_id))
             lengths = lengths + 1
         digests = np.fromiter((text_digest(t, s.seed) for t in texts), dtype=np.uint64, count=len(texts))
-        text_bytes = sum(len(t.encode("utf-8")) for t in texts)
-        return EncodedChunk(tokens.astype(np.int32, copy=False), lengths, digests, text_bytes, chunk.nbytes, skipped,
-                            chunk.end)
+        return EncodedChunk(tokens.astype(np.int32, copy=False), lengths, digests, chunk.nbytes, skipped, chunk.end)
 
 
 _worker_encoder = None

@@ -25,8 +25,9 @@ import pyarrow as pa
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..jsonfile import read_json_object
+from ..tokenization import tokenizer_fingerprint
 from .blocks import open_shard, read_row_group
 from .layout import FORMAT, MAIN_COLUMN, MANIFEST, PER_LAYER_COLUMN, PER_LAYER_FORMAT, progress_files
 from .megatron import open_tokens
@@ -65,8 +66,6 @@ def read_manifest(path: str) -> dict:
 
 def check_tokenizer(manifest: dict, tokenizer, path: str) -> None:
     """Refuse to train with a tokenizer other than the one the data was made with."""
-    from ..tokenization import tokenizer_fingerprint
-
     theirs, ours = manifest["tokenizer_fingerprint"], tokenizer_fingerprint(tokenizer)
     if theirs != ours:
         raise UserError(f"{path} was pretokenized with another tokenizer (fingerprint {theirs}, this one is {ours}) "
@@ -119,7 +118,7 @@ class ParquetBlocks:
                 self._files[shard] = open_shard(path, self.column)
             rows = read_row_group(self._files[shard], group, self.column, self.block_size)
         except (pa.ArrowException, OSError, ValueError) as error:
-            raise DataFault(f"{path} is damaged (row group {group}: {str(error).splitlines()[0]}) — pretokenize "
+            raise DataFault(f"{path} is damaged (row group {group}: {first_line(error)}) — pretokenize "
                             "the data again; checkpoints saved so far are intact") from None
         if self.vocab_size is not None and rows.size:
             check_token_ids(int(rows.max()), self.vocab_size, path)

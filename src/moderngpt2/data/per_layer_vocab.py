@@ -1,4 +1,4 @@
-"""``moderngpt2 per-layer-vocab``: choose a per-layer vocabulary from corpus statistics, write it as JSON,
+"""Per-layer vocabularies: choose one from corpus statistics, write it as JSON,
 and optionally write an explicit per-layer id stream aligned with pretokenized data.
 
 The corpus is ``--input`` text (tokenized here) or the train split of ``--pre_tokenized_dataset_path``.
@@ -9,27 +9,25 @@ The strategies are defined in ``per_layer_strategies``. The JSON file (``load_pe
      "vocab": {token string -> per-layer id}, "token_map": [per-layer id of every main id],
      "coverage": share of corpus tokens with their own per-layer id, "seed": int or null, ...}
 
-``--per-layer-output-prefix DIR`` maps every block of the pretokenized data through the token map and
+With ``--per-layer-output-prefix DIR``, ``write_per_layer_stream`` maps every block of the pretokenized data through the token map and
 writes ``DIR/<split>/shard-*.parquet`` (column ``per_layer_input_ids``) or ``DIR/<split>_text_document.bin/.idx``
 with exactly the layout of the main data, then ``DIR/manifest.json`` last.
 """
 
-import argparse
 import hashlib
-import json
+import inspect
 import os
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..argparsing import CommandParser
+from ..arguments import SourceArguments, TokenizerArguments, arg
+from ..configuration_moderngpt2 import ModernGPT2Config
 from ..errors import UserError
-from ..fileio import make_directory, write_json
+from ..fileio import atomic_write, make_directory, write_json
 from ..jsonfile import read_json_object
-from ..tokenization import tokenizer_fingerprint, tokenizer_from_args
-from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
+from ..tokenization import tokenizer_fingerprint, tokenizer_from_arguments
 from .blocks import iter_shard_blocks, write_shard_groups
 from .encode import EncoderSettings, encode_in_order
 from .layout import MAIN_COLUMN, MANIFEST, PER_LAYER_COLUMN, PER_LAYER_FORMAT
@@ -39,7 +37,28 @@ from .per_layer_strategies import RESERVED, STRATEGIES, CorpusStats, classify_su
 from .sources import iter_chunks, resolve_sources
 
 VOCAB_FORMAT = "moderngpt2-per-layer-vocab"
-DEFAULT_SIZE = 10000
+DEFAULT_SIZE = inspect.signature(ModernGPT2Config).parameters["per_layer_vocab_size"].default
+
+
+@dataclass
+class PerLayerVocabArguments:
+    """How the per-layer vocabulary is chosen and where it (and an aligned id stream) is written."""
+
+    _argument_group_name = "per-layer vocabulary"
+
+    output_file: str = arg(help="where to write per_layer_vocab.json", aliases=("--output", "--per-layer-vocab-file"))
+    pre_tokenized_dataset_path: str | None = arg(
+        None, "pretokenized data (from `moderngpt2 pretokenize`): the corpus when --input is not given, and the "
+              "data that --per-layer-output-prefix is aligned with")
+    per_layer_vocab_size: int | None = arg(
+        None, f"per-layer vocabulary V_p (default {DEFAULT_SIZE}, at most what the main vocabulary can fill)")
+    per_layer_strategy: str = arg("syntax_focus", "how main ids are chosen (see docs/data.md for the definitions)",
+                                  choices=STRATEGIES)
+    per_layer_output_prefix: str | None = arg(
+        None, "also write the aligned per-layer id stream of --pre_tokenized_dataset_path into this directory")
+    seed: int = arg(0, "seed of random_subset")
+    num_proc: int = arg(1, "tokenizer processes for --input")
+    no_progress: bool = arg(False, "no progress bar")
 
 
 @dataclass
@@ -80,7 +99,7 @@ def load_per_layer_vocab(path: str) -> PerLayerVocab:
 
 def save_per_layer_vocab(path: str, vocab: PerLayerVocab) -> None:
     data = {"format": VOCAB_FORMAT, "version": 1, **asdict(vocab)}
-    make_directory(os.path.dirname(os.path.abspath(path)), "--output")
+    make_directory(os.path.dirname(os.path.abspath(path)), "--output_file")
     write_json(path, data, indent=None, ensure_ascii=False)
 
 
@@ -93,12 +112,13 @@ def token_surfaces(tokenizer) -> list[str]:
     return tokenizer.backend_tokenizer.decode_batch(ids, skip_special_tokens=False)
 
 
-def _stats_from_input(args, tokenizer, stats: CorpusStats) -> None:
-    sources = resolve_sources(source_specs(args), args.c4_dataset)
-    settings = EncoderSettings.for_tokenizer(tokenizer, text_field=args.text_field, on_bad_record=args.on_bad_record)
-    chunks = iter_chunks(sources, None, args.max_input_lines_total, args.text_field, args.dataset_split)
-    with tqdm(desc="corpus statistics", unit="B", unit_scale=True, disable=args.no_progress) as bar:
-        for encoded in encode_in_order(chunks, settings, args.num_proc):
+def _stats_from_input(source: SourceArguments, num_proc: int, tokenizer, stats: CorpusStats, progress: bool) -> None:
+    sources = resolve_sources(source.source_specs(), source.c4_dataset)
+    settings = EncoderSettings.for_tokenizer(tokenizer, text_field=source.text_field,
+                                             on_bad_record=source.on_bad_record)
+    chunks = iter_chunks(sources, None, source.max_input_lines_total, source.text_field, source.dataset_split)
+    with tqdm(desc="corpus statistics", unit="B", unit_scale=True, disable=not progress) as bar:
+        for encoded in encode_in_order(chunks, settings, num_proc):
             stats.add(encoded.tokens, encoded.lengths)
             bar.update(encoded.raw_bytes)
 
@@ -182,46 +202,21 @@ def _mapped(groups, table, bar):
 def _map_megatron(prefix: str, out_prefix: str, table, dtype, bar) -> None:
     index, tokens = open_tokens(prefix)
     step = 1 << 20
-    with open(out_prefix + ".bin.tmp", "wb") as f:
+    with atomic_write(out_prefix + ".bin", "wb") as f:
         for start in range(0, tokens.size, step):
             piece = np.asarray(tokens[start:start + step])
             f.write(table[piece].astype(np.dtype(dtype).newbyteorder("<")).tobytes())
             bar.update(piece.size)
-    with open(out_prefix + ".idx.tmp", "wb") as f:
+    with atomic_write(out_prefix + ".idx", "wb") as f:
         f.write(index_bytes(dtype, index.lengths))
-    os.replace(out_prefix + ".bin.tmp", out_prefix + ".bin")
-    os.replace(out_prefix + ".idx.tmp", out_prefix + ".idx")
 
 
-# ----------------------------------------------------------------------------------------------- command
+# ----------------------------------------------------------------------------------------------- the whole job
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="moderngpt2 per-layer-vocab",
-        description="Choose a per-layer vocabulary from corpus statistics (strategies: "
-                    f"{', '.join(STRATEGIES)}) and write it as JSON; optionally write explicit per-layer "
-                    "id streams aligned with pretokenized data.")
-    add_tokenizer_flags(parser)
-    add_source_flags(parser)
-    add_flag(parser, "--pre_tokenized_dataset_path", default=None,
-             help="pretokenized data (from `moderngpt2 pretokenize`): the corpus when --input is not given, "
-                  "and the data that --per-layer-output-prefix is aligned with")
-    add_flag(parser, "--per-layer-vocab-size", type=int, default=None,
-             help=f"per-layer vocabulary V_p (default {DEFAULT_SIZE}, at most what the main vocabulary can fill)")
-    add_flag(parser, "--per-layer-strategy", choices=STRATEGIES, default="syntax_focus",
-             help="how main ids are chosen (default: syntax_focus; see docs/data.md for the definitions)")
-    add_flag(parser, "--output", default=None, help="where to write per_layer_vocab.json (required)")
-    parser.add_argument("--per-layer-vocab-file", "--per_layer_vocab_file", dest="output", help="same as --output")
-    add_flag(parser, "--per-layer-output-prefix", default=None,
-             help="also write the aligned per-layer id stream of --pre_tokenized_dataset_path into this directory")
-    add_flag(parser, "--seed", type=int, default=0, help="seed of random_subset (default: 0)")
-    add_flag(parser, "--num_proc", type=int, default=1, help="tokenizer processes for --input (default: 1)")
-    add_flag(parser, "--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def build_per_layer_vocab(args, tokenizer, manifest: dict | None) -> PerLayerVocab:
+def build_per_layer_vocab(source: SourceArguments, args: PerLayerVocabArguments, tokenizer,
+                          manifest: dict | None) -> PerLayerVocab:
+    """Count the corpus (--input, else the pretokenized train split) and choose by the strategy."""
     identity = args.per_layer_strategy == "identity"
     minimum = 1 if identity else len(RESERVED) + 1
     usable = len(tokenizer) + (0 if identity else len(RESERVED))  # rows past this would never be used
@@ -235,8 +230,8 @@ def build_per_layer_vocab(args, tokenizer, manifest: dict | None) -> PerLayerVoc
     surfaces = token_surfaces(tokenizer)
     classes = classify_surfaces(surfaces)
     stats = CorpusStats(len(tokenizer), classes.sentence_end)
-    if args.input or args.c4_langs:
-        _stats_from_input(args, tokenizer, stats)
+    if source.source_specs():
+        _stats_from_input(source, args.num_proc, tokenizer, stats, not args.no_progress)
     else:
         _stats_from_pretokenized(args.pre_tokenized_dataset_path, manifest, stats, not args.no_progress)
     if stats.documents == 0:
@@ -259,37 +254,26 @@ def build_per_layer_vocab(args, tokenizer, manifest: dict | None) -> PerLayerVoc
         corpus_documents=stats.documents, corpus_tokens=stats.tokens)
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.output:
-        parser.error("--output (or --per-layer-vocab-file) is required")
-    tokenizer = tokenizer_from_args(args)
+def make_per_layer_vocab(tokenizer_arguments: TokenizerArguments, source: SourceArguments,
+                         args: PerLayerVocabArguments) -> tuple[PerLayerVocab, dict | None]:
+    """Build the vocabulary, write it to --output_file, and write the aligned stream when asked.
+
+    Returns the vocabulary and the stream's manifest (None without --per-layer-output-prefix).
+    """
+    tokenizer = tokenizer_from_arguments(tokenizer_arguments)
     manifest = None
     if args.pre_tokenized_dataset_path:
         manifest = read_manifest(args.pre_tokenized_dataset_path)
         check_tokenizer(manifest, tokenizer, args.pre_tokenized_dataset_path)
-    elif not (args.input or args.c4_langs):
+    elif not source.source_specs():
         raise UserError("no corpus — pass --input FILE ... or --pre_tokenized_dataset_path OUT")
     if args.per_layer_output_prefix and manifest is None:
         raise UserError("--per-layer-output-prefix writes ids aligned with pretokenized data: "
                         "also pass --pre_tokenized_dataset_path OUT")
-    vocab = build_per_layer_vocab(args, tokenizer, manifest)
-    save_per_layer_vocab(args.output, vocab)
-    own = sum(1 for i in vocab.token_map if i != vocab.unk_id) if vocab.strategy != "identity" else \
-        min(vocab.per_layer_vocab_size, vocab.main_vocab_size)
-    print(f"{vocab.strategy}: {own:,} of {vocab.main_vocab_size:,} main ids have their own per-layer id "
-          f"(V_p = {vocab.per_layer_vocab_size:,})")
-    print(f"coverage: {100 * vocab.coverage:.2f}% of {vocab.corpus_tokens:,} corpus tokens "
-          f"({vocab.corpus_documents:,} documents)")
-    print(f"wrote {args.output}")
+    vocab = build_per_layer_vocab(source, args, tokenizer, manifest)
+    save_per_layer_vocab(args.output_file, vocab)
+    stream = None
     if args.per_layer_output_prefix:
         stream = write_per_layer_stream(args.pre_tokenized_dataset_path, manifest, vocab,
                                         args.per_layer_output_prefix, not args.no_progress)
-        blocks = {split: entry["blocks"] for split, entry in stream["splits"].items()}
-        print(f"wrote the per-layer stream to {args.per_layer_output_prefix} ({blocks})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return vocab, stream

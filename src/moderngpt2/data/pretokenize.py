@@ -1,4 +1,4 @@
-"""``moderngpt2 pretokenize``: raw text -> fixed-length token blocks (Parquet shards or Megatron .bin/.idx).
+"""Pretokenizing: raw text -> fixed-length token blocks (Parquet shards or Megatron .bin/.idx).
 
 Every document is tokenized whole and followed by EOS (preceded by BOS too when the tokenizer's BOS differs
 from its EOS); the documents of a split form one token stream that is cut into ``block_size`` blocks, so a
@@ -16,61 +16,53 @@ it continues from there; shards are the same bytes as those of an uninterrupted 
 ``--num_proc``. ``manifest.json`` is written last.
 """
 
-import argparse
 import hashlib
 import json
 import os
 import sys
-from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..argparsing import CommandParser
+from ..arguments import SourceArguments, TokenizerArguments, arg
 from ..errors import UserError
 from ..fileio import make_directory, user_error_from, write_json
-from ..tokenization import tokenizer_fingerprint, tokenizer_from_args
-from .arguments import add_flag, add_source_flags, add_tokenizer_flags, source_specs
+from ..jsonfile import read_json_object
+from ..tokenization import tokenizer_fingerprint, tokenizer_from_arguments
 from .blocks import ParquetSplitWriter
 from .encode import EncoderSettings, distinct_bos, encode_in_order
 from .layout import EVAL_DIGESTS, FORMAT, MAIN_COLUMN, MANIFEST, PROGRESS_PREFIX, SPLITS, progress_files
 from .megatron import MegatronSplitWriter, token_dtype
-from .sources import CHUNK_BYTES, Position, describe_skipped, iter_chunks, resolve_sources
+from .sources import CHUNK_BYTES, Position, iter_chunks, resolve_sources
 
 DEFAULT_VALIDATION_PERCENTAGE = 5.0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(
-        prog="moderngpt2 pretokenize",
-        description="Tokenize text into fixed-length blocks: Parquet shards (default) or Megatron .bin/.idx, "
-                    "with a held-out validation split and a manifest. Resumable: run it again after a crash.")
-    add_tokenizer_flags(parser)
-    add_source_flags(parser)
-    output = parser.add_argument_group("output")
-    add_flag(output, "--output_path", default=None, help="output directory (required)")
-    add_flag(output, "--output-prefix", default=None,
-             help="Megatron style: Megatron .bin/.idx files in this directory (--output_path P --format megatron)")
-    add_flag(output, "--format", choices=("parquet", "megatron"), default="parquet",
-             help="parquet: OUT/<split>/shard-*.parquet (default); megatron: OUT/<split>_text_document.bin/.idx")
-    add_flag(output, "--block_size", type=int, default=1024, help="tokens per block (default: 1024)")
-    add_flag(output, "--max_samples_per_shard", type=int, default=200000,
-             help="blocks per Parquet shard (default: 200000)")
-    add_flag(output, "--overwrite", action="store_true", help="delete earlier output in OUT and start over")
-    split = parser.add_argument_group("validation split")
-    add_flag(split, "--validation_split_percentage", type=float, default=None,
-             help=f"percent of documents held out, chosen by a seeded hash of the text (default: "
-                  f"{DEFAULT_VALIDATION_PERCENTAGE:g}; 0 without --eval_input means no validation split)")
-    add_flag(split, "--eval_input", nargs="+", default=None,
-             help="a separate input for the validation split (training copies of its documents are dropped)")
-    add_flag(split, "--seed", type=int, default=0, help="seed of the split hash (default: 0)")
-    run = parser.add_argument_group("run")
-    add_flag(run, "--num_proc", type=int, default=1,
-             help="tokenizer processes; 1 (default) tokenizes on the Rust encoder's own threads")
-    add_flag(run, "--chunk_bytes", type=int, default=CHUNK_BYTES,
-             help="input bytes per unit of work and checkpoint (default: 1 MiB; the output does not depend on it)")
-    add_flag(run, "--no_progress", action="store_true", help="no progress bar")
-    return parser
+@dataclass
+class PretokenizeArguments:
+    """Where the blocks go and how they are cut and split (the text and tokenizer have their own groups)."""
+
+    _argument_group_name = "pretokenize"
+
+    output_dir: str | None = arg(None, "output directory (required, or Megatron's --output-prefix)",
+                                 aliases=("--output_path",))
+    output_prefix: str | None = arg(
+        None, "Megatron style: Megatron .bin/.idx files in this directory (--output_dir P --format megatron)")
+    format: str = arg("parquet", "parquet: OUT/<split>/shard-*.parquet; megatron: OUT/<split>_text_document.bin/.idx",
+                      choices=("parquet", "megatron"))
+    block_size: int = arg(1024, "tokens per block")
+    max_samples_per_shard: int = arg(200000, "blocks per Parquet shard")
+    overwrite: bool = arg(False, "delete earlier output in OUT and start over")
+    validation_split_percentage: float | None = arg(
+        None, f"percent of documents held out, chosen by a seeded hash of the text (default: "
+              f"{DEFAULT_VALIDATION_PERCENTAGE:g}; 0 without --eval_input means no validation split)")
+    eval_input: list[str] | None = arg(
+        None, "a separate input for the validation split (training copies of its documents are dropped)")
+    seed: int = arg(0, "seed of the split hash")
+    num_proc: int = arg(1, "tokenizer processes; 1 tokenizes on the Rust encoder's own threads")
+    chunk_bytes: int = arg(CHUNK_BYTES, "input bytes per unit of work and checkpoint; the output does not depend on it")
+    no_progress: bool = arg(False, "no progress bar")
 
 
 # ----------------------------------------------------------------------------------------------- routing
@@ -92,16 +84,6 @@ class SplitRouter:
 
 
 # ----------------------------------------------------------------------------------------------- files
-
-
-def _read_json(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: damaged ({error}) — pass --overwrite to start over") from None
 
 
 class ProgressLog:
@@ -161,7 +143,7 @@ def remove_outputs(out: str) -> None:
                 os.remove(path)
 
 
-def _make_writers(args, out: str, vocab_size: int) -> dict:
+def _make_writers(args: PretokenizeArguments, out: str, vocab_size: int) -> dict:
     if args.format == "megatron":
         dtype = token_dtype(vocab_size)
         return {split: MegatronSplitWriter(os.path.join(out, f"{split}_text_document"), dtype) for split in SPLITS}
@@ -172,21 +154,22 @@ def _make_writers(args, out: str, vocab_size: int) -> dict:
 # ----------------------------------------------------------------------------------------------- the run
 
 
-def _settings(args, fingerprint: str, percentage: float) -> dict:
+def _settings(source: SourceArguments, args: PretokenizeArguments, fingerprint: str, percentage: float) -> dict:
     """Everything that decides the output bytes (not --num_proc, not --on_bad_record: see the docs)."""
-    return {"tokenizer_fingerprint": fingerprint, "inputs": source_specs(args), "eval_inputs": args.eval_input,
-            "text_field": args.text_field, "c4_dataset": args.c4_dataset, "dataset_split": args.dataset_split,
-            "limit": args.max_input_lines_total, "format": args.format, "block_size": args.block_size,
+    return {"tokenizer_fingerprint": fingerprint, "inputs": source.source_specs(), "eval_inputs": args.eval_input,
+            "text_field": source.text_field, "c4_dataset": source.c4_dataset, "dataset_split": source.dataset_split,
+            "limit": source.max_input_lines_total, "format": args.format, "block_size": args.block_size,
             "shard_blocks": args.max_samples_per_shard, "validation_percentage": percentage, "seed": args.seed}
 
 
-def _validate(args) -> float:
+def _validate(args: PretokenizeArguments) -> float:
+    """Check the settings (Megatron's --output-prefix becomes --output_dir); the validation percentage."""
     if args.output_prefix is not None:
-        if args.output_path is not None:
-            raise UserError("give either --output_path or --output-prefix, not both")
-        args.output_path, args.format = args.output_prefix, "megatron"
-    if args.output_path is None:
-        raise UserError("--output_path is required (or Megatron's --output-prefix)")
+        if args.output_dir is not None:
+            raise UserError("give either --output_dir or --output-prefix, not both")
+        args.output_dir, args.format = args.output_prefix, "megatron"
+    if args.output_dir is None:
+        raise UserError("--output_dir is required (or Megatron's --output-prefix)")
     if args.block_size < 2:
         raise UserError(f"--block_size must be at least 2, got {args.block_size}")
     if args.max_samples_per_shard < 1:
@@ -206,16 +189,16 @@ def _validate(args) -> float:
 class Run:
     """One pretokenize run into ``out``: restores a checkpoint if there is one, then reads to the end."""
 
-    def __init__(self, args, tokenizer, out: str, settings: dict, settings_hash: str, percentage: float,
-                 progress: ProgressLog):
-        self.args, self.tokenizer, self.out = args, tokenizer, out
+    def __init__(self, source: SourceArguments, args: PretokenizeArguments, tokenizer, out: str, settings: dict,
+                 settings_hash: str, percentage: float, progress: ProgressLog):
+        self.source, self.args, self.tokenizer, self.out = source, args, tokenizer, out
         self.settings, self.settings_hash = settings, settings_hash
         self.router = SplitRouter(percentage)
         self.writers = _make_writers(args, out, len(tokenizer))
-        self.phases = ([("eval", resolve_sources(args.eval_input, args.c4_dataset), None)] if args.eval_input
+        self.phases = ([("eval", resolve_sources(args.eval_input, source.c4_dataset), None)] if args.eval_input
                        else [])
-        self.phases.append(("main", resolve_sources(source_specs(args), args.c4_dataset),
-                            args.max_input_lines_total))
+        self.phases.append(("main", resolve_sources(source.source_specs(), source.c4_dataset),
+                            source.max_input_lines_total))
         self.phase, self.position = 0, Position()
         self.skipped, self.overlap_dropped, self.input_bytes, self.eval_count = {}, 0, 0, 0
         self._eval_file = None
@@ -276,7 +259,7 @@ class Run:
     def read_all(self, settings: EncoderSettings, bar) -> None:
         while self.phase < len(self.phases):
             name, sources, limit = self.phases[self.phase]
-            chunks = iter_chunks(sources, self.position, limit, self.args.text_field, self.args.dataset_split,
+            chunks = iter_chunks(sources, self.position, limit, self.source.text_field, self.source.dataset_split,
                                  self.args.chunk_bytes)
             for encoded in encode_in_order(chunks, settings, self.args.num_proc):
                 self._add(encoded, name)
@@ -335,34 +318,37 @@ def _input_size(sources) -> int | None:
     return sum(os.path.getsize(s.location) for s in sources)
 
 
-def pretokenize(args) -> dict:
-    """Run (or resume) ``moderngpt2 pretokenize`` with parsed arguments; returns the manifest."""
+def pretokenize(tokenizer_arguments: TokenizerArguments, source: SourceArguments,
+                args: PretokenizeArguments) -> dict:
+    """Run (or resume) pretokenizing into --output_dir; returns the manifest."""
     percentage = _validate(args)
-    tokenizer = tokenizer_from_args(args)
+    tokenizer = tokenizer_from_arguments(tokenizer_arguments)
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no eos_token: documents are separated by it — set one")
     fingerprint = tokenizer_fingerprint(tokenizer)
-    settings = _settings(args, fingerprint, percentage)
+    settings = _settings(source, args, fingerprint, percentage)
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    out = args.output_path
-    make_directory(out, "--output_path")
+    out = args.output_dir
+    make_directory(out, "--output_dir")
     if args.overwrite:
         remove_outputs(out)
-    manifest = _read_json(os.path.join(out, MANIFEST))
+    manifest_path = os.path.join(out, MANIFEST)
+    manifest = (read_json_object(manifest_path, "manifest, damaged: pass --overwrite to start over")
+                if os.path.exists(manifest_path) else None)
     if manifest is not None:
         if manifest.get("settings_hash") == settings_hash:
             print(f"{out} is complete already (same tokenizer, input and settings): nothing to do", file=sys.stderr)
             return manifest
         raise UserError(f"{out} already holds pretokenized data made with other settings — pass --overwrite "
-                        "to replace it or choose another --output_path")
+                        "to replace it or choose another --output_dir")
     log = ProgressLog(out)
     progress = log.load()
     if progress is not None and progress.get("settings_hash") != settings_hash:
         raise UserError(f"{out} holds an unfinished run with another tokenizer, input or settings — pass "
-                        "--overwrite to start over or choose another --output_path")
-    run = Run(args, tokenizer, out, settings, settings_hash, percentage, log)
-    encoder = EncoderSettings.for_tokenizer(tokenizer, text_field=args.text_field, on_bad_record=args.on_bad_record,
-                                            seed=args.seed)
+                        "--overwrite to start over or choose another --output_dir")
+    run = Run(source, args, tokenizer, out, settings, settings_hash, percentage, log)
+    encoder = EncoderSettings.for_tokenizer(tokenizer, text_field=source.text_field,
+                                            on_bad_record=source.on_bad_record, seed=args.seed)
     try:
         try:
             run.restore(progress)
@@ -373,7 +359,7 @@ def pretokenize(args) -> dict:
                       desc="pretokenize", disable=args.no_progress) as bar:
                 run.read_all(encoder, bar)
             if run.writers["train"].documents == 0:
-                raise UserError(f"no documents in {' '.join(source_specs(args))}: nothing to pretokenize — check "
+                raise UserError(f"no documents in {' '.join(source.source_specs())}: nothing to pretokenize — check "
                                 "the files and --text_field")
             return run.finish()
         finally:
@@ -385,35 +371,3 @@ def pretokenize(args) -> dict:
         if problem is error:
             raise
         raise UserError(f"{problem} — the last checkpoint is kept: run the same command again to continue") from None
-
-
-def summary_lines(manifest: dict) -> list[str]:
-    lines = []
-    for split, entry in manifest["splits"].items():
-        lines.append(f"{split}: {entry['documents']:,} documents, {entry['tokens']:,} tokens, {entry['blocks']:,} "
-                     f"blocks of {manifest['block_size']} ({len(entry['shards'])} files; "
-                     f"{entry['dropped_tail_tokens']} tail tokens dropped)")
-        wanted = split == "train" or manifest["validation"]["percentage"] > 0 or manifest["eval_inputs"]
-        if entry["blocks"] == 0 and (entry["documents"] or wanted):
-            lines.append(f"warning: the {split} split holds no complete block ({entry['documents']} documents, "
-                         f"{entry['tokens']} tokens); `moderngpt2 train` needs one: use more text, a larger "
-                         "--validation_split_percentage or --eval_input, or a smaller --block_size")
-    if manifest["skipped_records"]:
-        lines.append(f"skipped records: {describe_skipped(Counter(manifest['skipped_records']))}")
-    if manifest["overlap_dropped_documents"]:
-        lines.append(f"training documents dropped as copies of evaluation documents: "
-                     f"{manifest['overlap_dropped_documents']}")
-    return lines
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    manifest = pretokenize(args)
-    for line in summary_lines(manifest):
-        print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
-    print(f"wrote {os.path.join(args.output_path, MANIFEST)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,10 +17,9 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 LINE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".text": "txt"}
-FILE_KINDS = ("jsonl", "txt", "parquet")
 SAVED_DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
 CHUNK_BYTES = 1 << 20  # the unit of work: big enough to amortise overhead, small enough to lose little on a kill
 SKIP_HINT = "or pass --on_bad_record skip"
@@ -238,8 +237,8 @@ def _load_dataset(source: Source, split: str):
     except UserError:
         raise
     except Exception as error:  # datasets raises many types (FileNotFoundError, ValueError, ConnectionError ...)
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"cannot load dataset '{source.describe()}' (split {split}) with datasets: {message}") from None
+        raise UserError(f"cannot load dataset '{source.describe()}' (split {split}) with datasets: "
+                        f"{first_line(error)}") from None
 
 
 class _DatasetReader:
