@@ -6,6 +6,8 @@ are aliases of them. This file imports only transformers so that it can travel n
 with `trust_remote_code=True`.
 """
 
+import inspect
+
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
@@ -207,10 +209,17 @@ class ModernGPT2Config(PreTrainedConfig):
     @classmethod
     def argument_names(cls) -> frozenset:
         """The settings the constructor takes by name, its own and the standard transformers aliases."""
-        import inspect
-
         own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
         return frozenset(own | set(cls.attribute_map))
+
+    @classmethod
+    def resolved_fields(cls, raw: dict) -> dict:
+        """config.json's dict with every ModernGPT2 field filled in as this constructor fills it (presets, n_inner,
+        layer_types, ...): what the JAX and Keras ports build from, so the defaults are written once."""
+        config = cls(**{key: value for key, value in raw.items() if key not in ("model_type", "transformers_version")})
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
+        kept = {key: value for key, value in raw.items() if key not in cls.attribute_map}
+        return {**kept, **{name: getattr(config, name) for name in sorted(own)}}
 
     def validate_moderngpt2(self):
         """Reject impossible settings with a message naming the field and what is allowed."""

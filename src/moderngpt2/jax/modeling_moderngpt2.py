@@ -2,8 +2,8 @@
 
 Module and parameter names follow the PyTorch model (`model.layers.{i}.self_attn.q_proj`, ...), so a checkpoint's
 safetensors names map 1:1 onto this module tree: a Linear's `kernel` is the transposed PyTorch `weight`, an
-embedding's `embedding` is its `weight`. This file imports only jax, flax, numpy and safetensors, so it runs
-without torch or transformers installed.
+embedding's `embedding` is its `weight`. The config's
+defaults and presets come from `ModernGPT2Config` itself, so they are written once.
 
 Dropout is not implemented: the JAX model computes the deterministic (evaluation) function; the dropout fields of
 the config (all 0 by default) are ignored.
@@ -20,28 +20,11 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
+from ..configuration_moderngpt2 import ModernGPT2Config
 from ..fileio import write_numpy_checkpoint
 
 # ------------------------------------------------------------------------------------------------ configuration
 
-# The preset shapes and field defaults of `ModernGPT2Config`, restated because this file cannot import
-# transformers; transformers writes only the fields that differ from these defaults into config.json.
-MODEL_SIZE_PRESETS = {
-    "tiny": dict(n_layer=2, n_embd=64, n_head=4, num_key_value_heads=2, head_dim=16, n_positions=128),
-    "small": dict(n_layer=12, n_embd=768, n_head=12, num_key_value_heads=4, head_dim=64, n_positions=1024),
-    "medium": dict(n_layer=24, n_embd=1024, n_head=16, num_key_value_heads=4, head_dim=64, n_positions=1024),
-    "large": dict(n_layer=36, n_embd=1280, n_head=20, num_key_value_heads=4, head_dim=64, n_positions=1024),
-    "xl": dict(n_layer=48, n_embd=1600, n_head=25, num_key_value_heads=5, head_dim=64, n_positions=1024),
-}
-CONFIG_DEFAULTS = dict(
-    model_size_name=None, vocab_size=32000, n_inner=None, activation_function="gelu_pytorch_tanh", rms_norm_eps=1e-6,
-    rope_theta=10000.0, query_pre_attn_scalar=None, attn_logit_softcapping=None, final_logit_softcapping=None,
-    sliding_window=None, layer_types=None, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
-    pad_token_id=None, use_per_layer_embedding=False, per_layer_vocab_size=10000, per_layer_hidden_size=256,
-    per_layer_combination_method="scaled_add", per_layer_gate_activation="silu",
-)
-ALIASES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
-           "max_position_embeddings": "n_positions", "intermediate_size": "n_inner"}
 ACTIVATIONS = {
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -53,27 +36,8 @@ ACTIVATIONS = {
 
 
 def resolve_config(raw):
-    """config.json's dict -> every field filled in the way `ModernGPT2Config.__init__` fills it."""
-    config = dict(raw)
-    for alias, field in ALIASES.items():
-        if alias in config:
-            config.setdefault(field, config.pop(alias))
-    for name, default in CONFIG_DEFAULTS.items():
-        config.setdefault(name, default)
-    preset = config["model_size_name"]
-    if preset is not None and preset not in MODEL_SIZE_PRESETS:
-        raise ValueError(f"model_size_name={preset!r} is not a preset; choose one of {', '.join(MODEL_SIZE_PRESETS)}")
-    for name, value in MODEL_SIZE_PRESETS[preset or "small"].items():
-        if config.get(name) is None:
-            config[name] = value
-    if config["n_inner"] is None:
-        config["n_inner"] = 4 * config["n_embd"]
-    if config["query_pre_attn_scalar"] is None:
-        config["query_pre_attn_scalar"] = config["head_dim"]
-    if config["layer_types"] is None:
-        windowed = config["sliding_window"] is not None
-        config["layer_types"] = ["sliding_attention" if windowed and i % 2 == 0 else "full_attention"
-                                 for i in range(config["n_layer"])]
+    """config.json's dict -> every field filled in by `ModernGPT2Config` (one place for the defaults)."""
+    config = ModernGPT2Config.resolved_fields(raw)
     for name in ("activation_function", "per_layer_gate_activation"):
         if config[name] not in ACTIVATIONS:
             raise ValueError(f"{name}={config[name]!r} has no JAX implementation; use one of {', '.join(ACTIVATIONS)}")

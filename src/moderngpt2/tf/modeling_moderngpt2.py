@@ -7,8 +7,7 @@ gives the same logits in both. The layers use `keras.ops` only; `tensorflow` is 
 generation and the `tf.data` training input, not here. Kernels are stored Keras-style `(in, out)` and transposed
 to and from PyTorch's `(out, in)` when a checkpoint is read or written, which is exact.
 
-This file imports only keras, numpy, safetensors and the package's error and JSON helpers (no torch, no
-transformers); it reads `config.json` itself.
+The config's defaults and presets come from `ModernGPT2Config` itself, so they are written once.
 """
 
 import math
@@ -20,6 +19,7 @@ from keras import ops
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
+from ..configuration_moderngpt2 import ModernGPT2Config
 from ..errors import UserError
 from ..fileio import write_numpy_checkpoint
 from ..jsonfile import read_json_object
@@ -48,21 +48,10 @@ def resolved_config(config):
     for field in ("vocab_size", "n_embd", "n_layer", "n_head", "num_key_value_heads", "head_dim"):
         if not isinstance(config.get(field), int):
             raise UserError(f"config field {field}={config.get(field)!r} must be an integer")
-    defaults = dict(
-        n_inner=4 * config["n_embd"], activation_function="gelu_pytorch_tanh", rms_norm_eps=1e-6,
-        rope_theta=10000.0, query_pre_attn_scalar=config["head_dim"], attn_logit_softcapping=None,
-        final_logit_softcapping=None, sliding_window=None, attention_dropout=0.0, resid_pdrop=0.0, embd_pdrop=0.0,
-        initializer_range=0.02, tie_word_embeddings=True, use_per_layer_embedding=False, per_layer_vocab_size=10000,
-        per_layer_hidden_size=256, per_layer_combination_method="scaled_add", per_layer_gate_activation="silu",
-        per_layer_projection_dropout=0.0,
-    )
-    for field, value in defaults.items():
-        if config.get(field) is None:
-            config[field] = value
-    if config.get("layer_types") is None:
-        sliding = config["sliding_window"] is not None
-        config["layer_types"] = ["sliding_attention" if sliding and i % 2 == 0 else "full_attention"
-                                 for i in range(config["n_layer"])]
+    try:
+        config = ModernGPT2Config.resolved_fields(config)  # one place for the defaults
+    except ValueError as error:
+        raise UserError(f"config: {error}") from None
     for field in ("activation_function", "per_layer_gate_activation"):
         if config[field] not in ACTIVATIONS:
             raise UserError(f"config {field}={config[field]!r} is not supported by the Keras model; "
