@@ -316,19 +316,19 @@ def run(settings: QuickstartArguments, run_cli: Callable[[list[str]], int]) -> d
     with stages.stage("Building an English corpus from the Python standard library's docstrings"):
         corpus = build_corpus(layout, settings.seed, settings.corpus_limit)
 
-    argv = ["train-tokenizer", "--input", corpus["train"], "--output_path", layout.tokenizer,
+    argv = ["train-tokenizer", "--input", corpus["train"], "--output_dir", layout.tokenizer,
             "--vocab_size", str(TOKENIZER_VOCAB_SIZE)]
     with stages.stage("Training a byte-level BPE tokenizer", argv):
         run_command(argv)
 
     argv = ["pretokenize", "--tokenizer_path", layout.tokenizer, "--input", corpus["train"],
-            "--eval_input", corpus["validation"], "--output_path", layout.data, "--block_size", str(BLOCK_SIZE)]
+            "--eval_input", corpus["validation"], "--output_dir", layout.data, "--block_size", str(BLOCK_SIZE)]
     with stages.stage(f"Pretokenizing into blocks of {BLOCK_SIZE} tokens (held-out docstrings as validation)", argv):
         run_command(argv)
 
     argv = ["per-layer-vocab", "--tokenizer_path", layout.tokenizer, "--pre_tokenized_dataset_path", layout.data,
             "--per-layer-vocab-size", str(PER_LAYER_VOCAB_SIZE), "--per-layer-strategy", PER_LAYER_STRATEGY,
-            "--output", layout.per_layer_vocab]
+            "--output_file", layout.per_layer_vocab]
     with stages.stage("Building the per-layer vocabulary", argv):
         run_command(argv)
 
