@@ -3,11 +3,8 @@ a subprocess: exit status 2, one line on stderr naming the file or flag, no trac
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent / "workers"))
-from battery import error_line, run_cli, small_tmpfs  # noqa: E402
+from battery import error_line, run_cli, small_tmpfs
 
 
 def generate(model, *args):
@@ -52,10 +49,10 @@ def test_a_truncated_model_safetensors_in_final(battery_run, tmp_path):
     error_line(evaluate(final, "--input", "x.jsonl"), "model.safetensors", "damaged")
 
 
-def test_evaluate_output_json_on_a_directory_or_a_read_only_disk(battery_run, battery_assets, tmp_path):
+def test_evaluate_output_json_on_a_directory_or_a_read_only_disk(battery_run, tiny_assets, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
-    data = battery_assets["data"]
+    data = tiny_assets["data"]
     error_line(evaluate(battery_run / "final", "--input", data, "--max_blocks", "2", "--output_json", taken),
                "taken")
     blocker = tmp_path / "blocker"

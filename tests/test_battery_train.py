@@ -14,15 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent / "workers"))
-from battery import error_line, run_cli, small_tmpfs, snapshot, start_cli, tiny_train_flags  # noqa: E402
+from battery import error_line, run_cli, small_tmpfs, snapshot, start_cli, tiny_train_flags
 
-from moderngpt2.training.arguments import parse_arguments  # noqa: E402
+from moderngpt2.training.arguments import parse_arguments
 
 
 @pytest.fixture
-def flags(battery_assets, tmp_path):
-    return tiny_train_flags(battery_assets["tokenizer"], battery_assets["data"], tmp_path / "out", "--max_steps",
+def flags(tiny_assets, tmp_path):
+    return tiny_train_flags(tiny_assets["tokenizer"], tiny_assets["data"], tmp_path / "out", "--max_steps",
                             "2")
 
 
@@ -74,17 +73,17 @@ def test_a_truncated_model_safetensors_in_a_checkpoint(battery_run, flags, tmp_p
     error_line(train(*model_flags), "model.safetensors", "damaged")
 
 
-def test_an_output_dir_that_is_a_file(battery_assets, tmp_path):
+def test_an_output_dir_that_is_a_file(tiny_assets, tmp_path):
     blocker = tmp_path / "out"
     blocker.write_text("keep me\n")
-    result = train(*tiny_train_flags(battery_assets["tokenizer"], battery_assets["data"], blocker, "--max_steps", 1))
+    result = train(*tiny_train_flags(tiny_assets["tokenizer"], tiny_assets["data"], blocker, "--max_steps", 1))
     error_line(result, "--output_dir", "out")
     assert blocker.read_text() == "keep me\n"
 
 
-def test_a_read_only_output_dir(battery_assets, tmp_path):
+def test_a_read_only_output_dir(tiny_assets, tmp_path):
     with small_tmpfs(tmp_path / "ro", "1m", read_only=True) as read_only:
-        result = train(*tiny_train_flags(battery_assets["tokenizer"], battery_assets["data"], read_only / "out",
+        result = train(*tiny_train_flags(tiny_assets["tokenizer"], tiny_assets["data"], read_only / "out",
                                          "--max_steps", 1))
         error_line(result, "read-only", str(read_only))
 
@@ -93,12 +92,12 @@ def _checkpoint_bytes(battery_run) -> int:
     return sum(path.stat().st_size for path in (battery_run / "checkpoint-2").rglob("*") if path.is_file())
 
 
-def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_checkpoint(battery_assets, battery_run, tmp_path):
+def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_checkpoint(tiny_assets, battery_run, tmp_path):
     """A tmpfs that holds one checkpoint and a half: the second save fails, the first survives whole."""
     size = _checkpoint_bytes(battery_run) * 3 // 2 + 64 * 1024
     with small_tmpfs(tmp_path / "disk", str(size)) as disk:
         out = disk / "out"
-        result = train(*tiny_train_flags(battery_assets["tokenizer"], battery_assets["data"], out, "--max_steps", 4,
+        result = train(*tiny_train_flags(tiny_assets["tokenizer"], tiny_assets["data"], out, "--max_steps", 4,
                                          "--save_strategy", "steps", "--save_steps", 1))
         line = error_line(result, "no space left", str(disk), "checkpoint-1")
         assert "removed the half-written checkpoint-2" in line
@@ -107,11 +106,11 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_checkpoint(batt
         assert not (out / "final").exists()
 
 
-def test_a_full_disk_during_the_final_save_leaves_no_final_directory(battery_assets, battery_run, tmp_path):
+def test_a_full_disk_during_the_final_save_leaves_no_final_directory(tiny_assets, battery_run, tmp_path):
     size = _checkpoint_bytes(battery_run) // 4
     with small_tmpfs(tmp_path / "disk", str(size)) as disk:
         out = disk / "out"
-        result = train(*tiny_train_flags(battery_assets["tokenizer"], battery_assets["data"], out, "--max_steps", 2))
+        result = train(*tiny_train_flags(tiny_assets["tokenizer"], tiny_assets["data"], out, "--max_steps", 2))
         error_line(result, "no space left", str(disk))
         assert not (out / "final").exists() and not (out / "final.partial").exists()
 
@@ -124,13 +123,13 @@ def _run_until(process, out: Path, pattern: str, timeout: float = 240):
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_an_interrupted_run_resumes_to_the_same_weights(battery_assets, tmp_path, signal_number):
+def test_an_interrupted_run_resumes_to_the_same_weights(tiny_assets, tmp_path, signal_number):
     steps = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "2", "--learning_rate", "3e-3"]
     reference = tmp_path / "reference"
-    assert train(*tiny_train_flags(battery_assets["tokenizer"], battery_assets["data"], reference,
+    assert train(*tiny_train_flags(tiny_assets["tokenizer"], tiny_assets["data"], reference,
                                    *steps)).returncode == 0
     out = tmp_path / "out"
-    flags = tiny_train_flags(battery_assets["tokenizer"], battery_assets["data"], out, *steps)
+    flags = tiny_train_flags(tiny_assets["tokenizer"], tiny_assets["data"], out, *steps)
     process = start_cli("train", *flags)
     _run_until(process, out, "checkpoint-4/trainer_state.json")
     os.kill(process.pid, signal_number)

@@ -13,16 +13,14 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "workers"))
-from train_assets import build_assets, log_history, train_flags  # noqa: E402
+from train_assets import log_history, train_flags
 
-from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM, cli  # noqa: E402
+from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM, cli
 
 GOLDEN = Path(__file__).parent / "golden"
 RECORD = os.environ.get("GOLDEN_RECORD") == "1"
@@ -43,9 +41,8 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    torch.set_num_threads(1)
-    assets = build_assets(tmp_path_factory.mktemp("golden_assets"), per_layer=True)
+def run(per_layer_assets, tmp_path_factory):
+    assets = per_layer_assets
     out = tmp_path_factory.mktemp("golden_run") / "out"
     flags = train_flags(assets, out, "--use-per-layer-embedding", "--per-layer-hidden-size", "8",
                         "--per-layer-vocab-file", str(assets["per_layer_vocab"]),

@@ -15,15 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "workers"))
-from keras_tensorflow import require_keras_on_tensorflow  # noqa: E402
+from keras_tensorflow import require_keras_on_tensorflow
 
 tf, keras = require_keras_on_tensorflow()
 
-from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM  # noqa: E402
-from moderngpt2.errors import UserError  # noqa: E402
-from moderngpt2.tf import ModernGPT2ForCausalLM as KerasCausalLM  # noqa: E402
-from moderngpt2.tf.training import causal_lm_loss  # noqa: E402
+from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM
+from moderngpt2.errors import UserError
+from moderngpt2.tf import ModernGPT2ForCausalLM as KerasCausalLM
+from moderngpt2.tf.training import causal_lm_loss
 
 VOCAB = 97
 NEW_TOKENS = 32

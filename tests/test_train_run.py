@@ -7,26 +7,22 @@ evaluation, the final save, `evaluate` and `generate`; resume and failure handli
 import json
 import math
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent / "workers"))
-from train_assets import build_assets, log_history, logged, train_flags  # noqa: E402
+from train_assets import log_history, logged, train_flags
 
-from moderngpt2.cli import main as cli  # noqa: E402
-from moderngpt2.tokenization import load_tokenizer, tokenizer_fingerprint  # noqa: E402
+from moderngpt2.cli import main as cli
+from moderngpt2.tokenization import load_tokenizer, tokenizer_fingerprint
 
 PLE = ["--use-per-layer-embedding", "--per-layer-hidden-size", "8"]
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    torch.set_num_threads(1)
-    return build_assets(tmp_path_factory.mktemp("assets"), per_layer=True)
+def assets(per_layer_assets):
+    return per_layer_assets
 
 
 @pytest.fixture(scope="module")
