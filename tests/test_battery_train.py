@@ -167,7 +167,7 @@ def test_a_yaml_config_with_an_unknown_key(flags, tmp_path):
 def test_a_config_file_anywhere_on_the_line(flags, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("max_steps: 7\nlearning_rate: 0.001\n")
-    _, _, _, training = parse_arguments([*map(str, flags[:4]), str(config), *map(str, flags[4:])])
+    training = parse_arguments([*map(str, flags[:4]), str(config), *map(str, flags[4:])]).training
     assert (training.max_steps, training.learning_rate) == (2, 0.001)  # the flag wins over the file
 
 
@@ -210,7 +210,7 @@ def test_the_earlier_deepspeed_spellings_and_shipped_names(flags):
     from train_assets import cli_env
 
     script = ("import os, sys\nfrom moderngpt2.training.arguments import parse_arguments\n"
-              "training = parse_arguments(sys.argv[1:])[3]\n"
+              "training = parse_arguments(sys.argv[1:]).training\n"
               "print(training.deepspeed, training.hf_deepspeed_config.config['zero_optimization']['stage'], "
               "os.environ['RANK'], os.environ['WORLD_SIZE'])")
     env = {key: value for key, value in cli_env().items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK",
@@ -234,7 +234,7 @@ def test_local_rank_before_the_subcommand(flags, tmp_path):
 
 
 def test_megatron_batch_sizes(flags):
-    _, _, _, training = parse_arguments([*map(str, flags), "--micro-batch-size", "2", "--global-batch-size", "8"])
+    training = parse_arguments([*map(str, flags), "--micro-batch-size", "2", "--global-batch-size", "8"]).training
     assert (training.per_device_train_batch_size, training.gradient_accumulation_steps) == (2, 4)
     error_line(train(*flags, "--micro-batch-size", "4", "--global-batch-size", "6"), "--global-batch-size 6",
                "multiple of 4")

@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerFast
 
 from moderngpt2 import ModernGPT2ForCausalLM, cli
-from moderngpt2.convert import convert_gemma2, to_moderngpt2_key
+from moderngpt2.convert import convert_gemma2
+from moderngpt2.gemma2_mapping import to_moderngpt2_key
 from moderngpt2.errors import UserError
 
 TOLERANCE = 1e-5
@@ -241,3 +242,24 @@ def test_converts_a_checkpoint_saved_by_older_transformers(tmp_path):
         expected = reference(input_ids=input_ids, attention_mask=attention_mask).logits
         actual = model(input_ids=input_ids, attention_mask=attention_mask).logits
     assert (actual - expected)[attention_mask.bool()].abs().max() < TOLERANCE
+
+
+def test_cli_canonical_flags_equal_the_positionals(tmp_path, capsys):
+    """`--model SRC --output_dir DST --dtype bf16` writes the bytes `SRC DST --dtype bfloat16` writes."""
+    torch.manual_seed(0)
+    random_gemma2(**CONFIGS["softcap_sliding_gqa"]).save_pretrained(tmp_path / "gemma2")
+    src = str(tmp_path / "gemma2")
+    assert run_cli(["convert-gemma2", "--model", src, "--output_dir", str(tmp_path / "a"), "--dtype", "bf16"],
+                   capsys)[0] == 0
+    assert run_cli(["convert-gemma2", src, str(tmp_path / "b"), "--dtype", "bfloat16"], capsys)[0] == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["dtype"] == "bfloat16"
+
+    for argv, message in [
+        (["--model", str(tmp_path / "other"), src, str(tmp_path / "c")], "unexpected argument(s)"),
+        ([src], "convert-gemma2 SRC DST"),
+        ([src, str(tmp_path / "c"), "--dtype", "int8"], "--dtype int8: choose one of"),
+    ]:
+        code, out = run_cli(["convert-gemma2", *argv], capsys)
+        assert code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1
+    assert not (tmp_path / "c").exists()

@@ -7,7 +7,7 @@ import torch
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM, cli
 from moderngpt2.configuration_moderngpt2 import MODEL_SIZE_PRESETS
-from moderngpt2.info import count_parameters
+from moderngpt2.parameter_counts import count_parameters
 
 # which part of ParameterCounts each parameter name belongs to
 PARTS = [
@@ -96,3 +96,31 @@ def test_info_reads_checkpoints_and_reports_bad_paths(tmp_path, capsys):
 
     assert cli.main(["info", "--model_size_name", "small", "--n_head", "7"]) == 2
     assert "num_key_value_heads" in capsys.readouterr().err
+
+
+def test_canonical_names_and_aliases_give_the_same_report(capsys):
+    """`--size` is an alias of `--model_size_name`; `--config_overrides` sets the same fields as single flags."""
+    reports = []
+    for argv in (["--model_size_name", "tiny", "--n_layer", "3", "--use_per_layer_embedding"],
+                 ["--size", "tiny", "--config_overrides", "n_layer=3,use_per_layer_embedding=true"]):
+        assert cli.main(["info", *argv]) == 0
+        reports.append(capsys.readouterr().out)
+    assert reports[0] == reports[1] and "n_layer = 3" in reports[0] and "per-layer embeddings" in reports[0]
+
+    for argv, message in [([], "give one of --model_size_name, --model or --all"),
+                          (["--all", "--size", "tiny"], "not --model_size_name and --all together")]:
+        assert cli.main(["info", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_gemma2_checkpoint_is_counted_like_transformers_builds_it(tmp_path, capsys):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=24)
+    config.save_pretrained(tmp_path)
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in Gemma2ForCausalLM(config).parameters())
+    assert cli.main(["info", "--model", str(tmp_path / "config.json")]) == 0
+    assert re.search(rf"^total\s+{expected:,}\s", capsys.readouterr().out, re.M)

@@ -179,3 +179,26 @@ def test_cli_refusals_are_one_line_and_leave_nothing(tmp_path, capsys):
     code, out = run("--format", "gemma2", tmp_path / "out", tmp_path / "again")
     assert code == 2 and "model_type is 'gemma2', expected 'moderngpt2'" in out.err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_cli_canonical_flags_equal_the_positionals(tmp_path, capsys):
+    """`--model SRC --output_dir DST --dtype bf16` writes the bytes `SRC DST --dtype bfloat16` writes."""
+    save_checkpoint(random_model(**CONFIGS["plain_mqa_untied"]), tmp_path / "ours")
+    src = str(tmp_path / "ours")
+    assert cli.main(["export", "--format", "gemma2", "--model", src, "--output_dir", str(tmp_path / "a"),
+                     "--dtype", "bf16"]) == 0
+    assert cli.main(["export", "--format", "gemma2", src, str(tmp_path / "b"), "--dtype", "bfloat16"]) == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+
+    for argv, message in [
+        (["--outtype", "q8_0", src, str(tmp_path / "c")], "--outtype is a GGUF tensor type"),
+        (["--output_file", str(tmp_path / "c"), src], "--output_file is the output of --format gguf"),
+        ([src], "export --format gemma2 SRC DST"),
+    ]:
+        assert cli.main(["export", "--format", "gemma2", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["export", src, str(tmp_path / "c")]) == 2
+    assert "give --format gemma2 or --format gguf" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

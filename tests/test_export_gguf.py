@@ -214,3 +214,28 @@ def test_settings_llama_cpp_would_ignore_are_refused(tmp_path, capsys, overrides
     assert not (tmp_path / "out.gguf").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     with pytest.raises(UserError, match="export --format gemma2|trust_remote_code"):
         export_gguf(tmp_path / "ours", tmp_path / "out.gguf")
+
+
+def test_canonical_flags_write_the_same_file_as_the_positional_spelling(checkpoint, capsys):
+    """`--model SRC --output_file OUT --outtype T` = `SRC OUT --dtype T` = `--output OUT --dtype <long name>`."""
+    name, _, _, directory = checkpoint
+    src = str(directory / "ours")
+    spellings = {
+        "a.gguf": ["--model", src, "--output_file", str(directory / "a.gguf"), "--outtype", "bf16"],
+        "b.gguf": [src, str(directory / "b.gguf"), "--dtype", "bf16"],
+        "c.gguf": ["--model", src, "--output", str(directory / "c.gguf"), "--dtype", "bfloat16"],
+    }
+    for out, argv in spellings.items():
+        assert cli.main(["export", "--format", "gguf", *argv]) == 0, argv
+    capsys.readouterr()
+    assert len({(directory / out).read_bytes() for out in spellings}) == 1
+    assert {t.tensor_type.name for t in GGUFReader(directory / "a.gguf").tensors} == {"F32", "BF16"}
+
+    for argv, message in [
+        (["--outtype", "q4_k", src, str(directory / "d.gguf")], "--outtype q4_k is not available for --format gguf"),
+        (["--output_file", str(directory / "d.gguf"), src, str(directory / "e.gguf")], "not both"),
+    ]:
+        assert cli.main(["export", "--format", "gguf", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (directory / "d.gguf").exists() and not (directory / "e.gguf").exists()

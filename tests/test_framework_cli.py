@@ -112,3 +112,21 @@ def test_a_directory_of_another_model_is_a_one_line_error(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"moderngpt2 evaluate: error: {tmp_path}: cannot load the model: config.json has model_type='gpt2', "
         "not 'moderngpt2'")
+
+
+def test_evaluate_record_limit_and_dtype_spellings(checkpoint, tmp_path):
+    """`--max_input_lines_total N` (alias `--max_train_lines`) reads the first N records, as a file of them does;
+    `--dtype fp32` is `--dtype float32`; `--json` is `--output_json`."""
+    lines = [" ".join(f"w{(5 * i + j) % 60 + 3}" for j in range(6 + i % 4)) for i in range(20)]
+    (tmp_path / "all.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "first.txt").write_text("\n".join(lines[:8]) + "\n")
+    numbers = []
+    for input_file, extra in (("first.txt", ["--dtype", "float32"]),
+                              ("all.txt", ["--max_input_lines_total", "8", "--dtype", "fp32"]),
+                              ("all.txt", ["--max_train_lines", "8"])):
+        out = tmp_path / f"numbers{len(numbers)}.json"
+        flag = "--json" if len(numbers) == 2 else "--output_json"
+        assert cli(["evaluate", "--model", str(checkpoint), "--input", str(tmp_path / input_file), "--block_size",
+                    "8", "--device", "cpu", flag, str(out), *extra]) == 0
+        numbers.append(json.loads(out.read_text()))
+    assert numbers[0] == numbers[1] == numbers[2] and numbers[0]["tokens"] > 40

@@ -134,6 +134,24 @@ def test_models_select_per_forward_and_report_the_cpu_choice_in_the_config():
     assert ModernGPT2ForCausalLM(tiny_config()).attention_backend(cpu) == "sdpa"
 
 
+def test_attention_weights_requested_run_eager_when_the_choice_is_automatic():
+    """sdpa computes no weights: with `output_attentions` the automatic choice is eager, with the same logits."""
+    torch.manual_seed(0)
+    model = ModernGPT2ForCausalLM(tiny_config()).eval()  # no softcap, no window: sdpa otherwise
+    cpu = torch.device("cpu")
+    assert model.attention_backend(cpu) == "sdpa" and model.attention_backend(cpu, attention_weights=True) == "eager"
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        plain, weighed = model(ids), model(ids, output_attentions=True)
+    assert len(weighed.attentions) == model.config.n_layer
+    for weights in weighed.attentions:
+        assert weights.shape == (2, 4, 7, 7) and torch.all(weights.triu(1) == 0)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 7))
+    torch.testing.assert_close(weighed.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    model.set_attn_implementation("sdpa")  # an explicit choice holds: no weights to capture
+    assert model(ids, output_attentions=True).attentions == ()
+
+
 def test_explicit_choice_is_honoured_on_every_device_and_can_be_changed():
     model = ModernGPT2ForCausalLM(tiny_config(attn_logit_softcapping=50.0, attn_implementation="eager"))
     assert model.attention_backend(torch.device("cuda")) == "eager"

@@ -77,9 +77,9 @@ def test_save_and_reload_round_trip(tmp_path):
 
 def test_automatic_backend_flag_is_not_serialised(tmp_path):
     model = ModernGPT2ForCausalLM(ModernGPT2Config(model_size_name="tiny", vocab_size=50))
-    assert model.config._attn_implementation_autoset
+    assert model.config.attn_implementation_is_automatic
     model.config.save_pretrained(tmp_path)
-    assert "_attn_implementation_autoset" not in (tmp_path / "config.json").read_text()
+    assert "attn_implementation_is_automatic" not in (tmp_path / "config.json").read_text()
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def test_document_ids_are_refused_with_cached_content():
 @pytest.mark.parametrize("softcap", [None, 20.0])
 def test_document_masks_pick_flex_on_cuda_and_eager_elsewhere(softcap):
     config = ModernGPT2Config(model_size_name="tiny", vocab_size=VOCAB, attn_logit_softcapping=softcap)
-    config._attn_implementation_autoset = True
+    config.attn_implementation_is_automatic = True
     assert select_attention_backend(config, "cuda", None, False, True, document_mask=True) == "flex_attention"
     assert select_attention_backend(config, "cpu", None, False, True, document_mask=True) == "eager"
     plain = "sdpa" if softcap is None else "flex_attention"
@@ -129,10 +129,10 @@ def test_compiled_flex_block_mask_on_cuda_equals_separate_eager_forwards():
     ids = ids.cuda()
     flex_config = model.config
     with torch.no_grad():
-        flex_config._attn_implementation_autoset = True  # the automatic choice: flex on CUDA with documents
+        flex_config.attn_implementation_is_automatic = True  # the automatic choice: flex on CUDA with documents
         assert model.attention_backend("cuda", document_mask=True) == "flex_attention"
         packed = model(ids, document_ids=document_ids_from_eos(ids, EOS)).logits
-        flex_config._attn_implementation_autoset = False
+        flex_config.attn_implementation_is_automatic = False
         for row, docs in enumerate(documents):
             start = 0
             for doc in docs:

@@ -18,6 +18,7 @@ from moderngpt2 import (
     ModernGPT2ForTokenClassification,
     ModernGPT2Model,
 )
+from moderngpt2.attention_moderngpt2 import build_attention_masks
 from moderngpt2.modeling_moderngpt2 import (
     ModernGPT2RMSNorm,
     ModernGPT2RotaryEmbedding,
@@ -26,6 +27,9 @@ from moderngpt2.modeling_moderngpt2 import (
 )
 
 VOCAB = 97
+# The model's code: saved next to every checkpoint, so it may import only torch, transformers and these files.
+MODEL_FILES = ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
+               "loss_moderngpt2.py", "softcap_moderngpt2.py", "per_layer_moderngpt2.py")
 
 
 def tiny_config(**overrides):
@@ -54,6 +58,28 @@ def test_forward_shapes_of_every_head():
     assert ModernGPT2ForSequenceClassification(config)(ids).logits.shape == (2, 3)
     assert ModernGPT2ForTokenClassification(config)(ids).logits.shape == (2, 11, 3)
     assert isinstance(ModernGPT2ForCausalLM(config)(ids, return_dict=False), tuple)
+
+
+def test_hidden_states_are_the_layer_inputs_then_the_normed_output():
+    """What output capturing records: the first layer's input (before its per-layer gate), every later layer's
+    input, and the final normed state, recomputed here layer by layer."""
+    config = tiny_config(n_layer=3, use_per_layer_embedding=True, per_layer_vocab_size=40, per_layer_hidden_size=8)
+    model = ModernGPT2Model(config).eval()
+    ids = torch.randint(0, VOCAB, (2, 6))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        per_layer = model.per_layer_inputs(ids, model.embed_tokens(ids), None)
+        masks = build_attention_masks(config.layer_types, None, None, 0, 6, ids.device)
+        rope = model.rotary_emb(out.hidden_states[0], torch.arange(6)[None])
+        expected = [model.embed_tokens(ids)]
+        for i, layer in enumerate(model.layers):
+            expected.append(layer(expected[-1], per_layer[:, :, i], attention_mask=masks[layer.attention_type],
+                                  attn_backend="eager", position_embeddings=rope))
+        expected[-1] = model.norm(expected[-1])
+    assert len(out.hidden_states) == config.n_layer + 1
+    for ours, theirs in zip(out.hidden_states, expected):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state, atol=0, rtol=0)
 
 
 def test_eager_returns_attention_weights_that_are_causal():
@@ -313,9 +339,9 @@ def test_both_classification_heads_score_the_same_hidden_states():
 
 
 def test_modeling_code_is_self_contained():
-    allowed_roots = {"dataclasses", "math", "functools", "importlib", "torch", "transformers", "flash_attn"}  # flash_attn: optional
-    for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
-                 "loss_moderngpt2.py", "softcap_moderngpt2.py"):
+    allowed_roots = {"dataclasses", "math", "functools", "importlib", "inspect", "torch", "transformers",
+                     "flash_attn"}  # flash_attn: optional
+    for name in MODEL_FILES:
         tree = ast.parse((pathlib.Path(moderngpt2.__file__).parent / name).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -323,8 +349,7 @@ def test_modeling_code_is_self_contained():
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 assert node.module.split(".")[0] in allowed_roots, (name, node.module)
             elif isinstance(node, ast.ImportFrom):
-                assert node.module in ("configuration_moderngpt2", "attention_moderngpt2", "loss_moderngpt2",
-                                       "softcap_moderngpt2"), (name, node.module)
+                assert f"{node.module}.py" in MODEL_FILES, (name, node.module)
 
 
 def test_checkpoint_with_remote_code_loads_through_trust_remote_code(tmp_path):
@@ -336,8 +361,7 @@ def test_checkpoint_with_remote_code_loads_through_trust_remote_code(tmp_path):
     assert ModernGPT2ForCausalLM._auto_class == "AutoModelForCausalLM"
     model = ModernGPT2ForCausalLM(config).eval()
     model.save_pretrained(tmp_path)
-    for name in ("modeling_moderngpt2.py", "configuration_moderngpt2.py", "attention_moderngpt2.py",
-                 "loss_moderngpt2.py", "softcap_moderngpt2.py"):
+    for name in MODEL_FILES:
         assert (tmp_path / name).is_file(), name
     assert AutoConfig.from_pretrained(tmp_path).auto_map["AutoModelForCausalLM"].startswith("modeling_moderngpt2.")
     # In this process the installed package is registered for the model type, so load the copied class directly.

@@ -291,8 +291,9 @@ def test_explicit_per_layer_streams_and_a_frozen_table(assets, tmp_path):
     flags = train_flags(assets, out, *PLE, "--per-layer-data-path", str(assets["per_layer_stream"]),
                         "--per-layer-vocab-size", "48", "--freeze-per-layer-embedding", "--max_steps", "3",
                         "--save_strategy", "steps", "--save_steps", "1", "--learning_rate", "1e-2")
-    _, data_args, per_layer_args, _ = parse_arguments(flags)
-    data = load_training_data(data_args, per_layer_args, load_tokenizer(str(assets["tokenizer"])), eval_wanted=False)
+    arguments = parse_arguments(flags)
+    data = load_training_data(arguments.data, arguments.per_layer, load_tokenizer(str(assets["tokenizer"])),
+                              eval_wanted=False)
     batch = collate_blocks([data.train[0], data.train[1]])
     assert batch["per_layer_input_ids"].shape == batch["input_ids"].shape == (2, 32)
     assert cli(["train", *flags]) == 0
@@ -307,11 +308,9 @@ def test_user_mistakes_are_one_line_errors(assets, tmp_path, capsys, case):
     out = tmp_path / "out"
     flags = train_flags(assets, out, "--max_steps", "1")
     if case == "tokenizer":
-        from moderngpt2 import tokenization
-
         other = tmp_path / "other_tokenizer"
-        tokenization.main(["--input", str(assets["corpus"]), "--output_path", str(other), "--vocab_size", "300",
-                           "--no_progress"])
+        assert cli(["train-tokenizer", "--input", str(assets["corpus"]), "--output_path", str(other),
+                    "--vocab_size", "300", "--no_progress"]) == 0
         flags[flags.index("--tokenizer_path") + 1] = str(other)
         expected = "pretokenized with another tokenizer"
     elif case == "block_size":
@@ -339,18 +338,17 @@ def test_fsdp_through_accelerate_is_refused_on_cpu_processes(assets, tmp_path, c
 
 
 def test_a_fresh_config_rounds_the_vocabulary_and_layers_the_flags(assets, tmp_path):
-    from moderngpt2 import tokenization
     from moderngpt2.training.arguments import parse_arguments
     from moderngpt2.training.model_setup import build_config
 
-    tokenization.main(["--input", str(assets["corpus"]), "--output_path", str(tmp_path / "tok"), "--vocab_size",
-                       "300", "--no_progress"])
+    assert cli(["train-tokenizer", "--input", str(assets["corpus"]), "--output_path", str(tmp_path / "tok"),
+                "--vocab_size", "300", "--no_progress"]) == 0
     tokenizer = load_tokenizer(str(tmp_path / "tok"))
     assert len(tokenizer) == 300
-    model_args, _, per_layer_args, _ = parse_arguments([
+    arguments = parse_arguments([
         "--output_dir", str(tmp_path), "--model_size_name", "small", "--n_layer", "3", "--n_embd", "96",
         "--config_overrides", "n_embd=128,n_head=4,num_key_value_heads=2,head_dim=32", *PLE])
-    config = build_config(model_args, per_layer_args, tokenizer, block_size=64)
+    config = build_config(arguments.shape, arguments.per_layer_shape, tokenizer, block_size=64)
     assert config.vocab_size == 320  # 300 rounded up to a multiple of 64
     assert (config.n_layer, config.n_embd, config.n_positions) == (3, 128, 64)  # preset < flags < overrides
     assert config.per_layer_vocab_size == 320  # the default 10000 capped at the main vocabulary
@@ -365,8 +363,8 @@ def test_document_mask_reaches_the_model_and_changes_the_loss(assets, tmp_path):
 
     tokenizer = load_tokenizer(str(assets["tokenizer"]))
     flags = train_flags(assets, tmp_path / "masked", "--max_steps", "1", "--document_mask")
-    _, data_args, per_layer_args, _ = parse_arguments(flags)
-    data = load_training_data(data_args, per_layer_args, tokenizer, eval_wanted=False)
+    arguments = parse_arguments(flags)
+    data = load_training_data(arguments.data, arguments.per_layer, tokenizer, eval_wanted=False)
     batch = data.collate([data.train[i] for i in range(4)])
     assert torch.equal(batch["document_ids"], document_ids_from_eos(batch["input_ids"], tokenizer.eos_token_id))
     assert int(batch["document_ids"].max()) >= 1  # the blocks do pack several documents

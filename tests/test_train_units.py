@@ -13,7 +13,8 @@ from moderngpt2.training.arguments import parse_arguments
 from moderngpt2.flops import flops_per_token
 from moderngpt2.training.callbacks import ThroughputCallback
 from moderngpt2.training.checkpoints import checkpoint_problem, last_complete_checkpoint, resolve_resume
-from moderngpt2.training.model_setup import has_preset_shape, parse_config_overrides, round_up
+from moderngpt2.arguments import parse_config_overrides
+from moderngpt2.training.model_setup import has_preset_shape, round_up
 from moderngpt2.training.optim import build_parameter_groups, freeze_per_layer_embedding, parameter_group_names
 from moderngpt2.training.plots import plot_loss_curves
 from moderngpt2.training.trainer import EpochShuffleSampler
@@ -30,13 +31,29 @@ def tiny_model(**overrides):
 
 
 def test_defaults_are_the_pretraining_ones(tmp_path):
-    model_args, data_args, per_layer_args, args = parse_arguments(["--output_dir", str(tmp_path)])
+    arguments = parse_arguments(["--output_dir", str(tmp_path)])
+    args = arguments.training
     assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (2.5e-4, "cosine", 0.05)
     assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.9, 0.95, 1e-8)
     assert (args.weight_decay, args.max_grad_norm) == (0.01, 1.0)
     assert args.report_to == ["tensorboard"]
     assert args.eval_strategy.value == "steps" and args.prediction_loss_only
-    assert model_args.model_size_name == "small" and not per_layer_args.use_per_layer_embedding
+    assert arguments.shape.model_size_name == "small" and not arguments.per_layer_shape.use_per_layer_embedding
+    assert arguments.model.model is None and arguments.per_layer_shape.per_layer_hidden_size is None
+
+
+def test_model_is_the_canonical_name_of_the_checkpoint_to_continue_from(tmp_path, capsys):
+    canonical = parse_arguments(["--output_dir", str(tmp_path), "--model", "ckpt"])
+    for alias in ("--model_name_or_path", "--model-name-or-path"):
+        assert parse_arguments(["--output_dir", str(tmp_path), alias, "ckpt"]).model == canonical.model
+    assert canonical.model.model == "ckpt"
+    old_key = tmp_path / "run.yaml"
+    old_key.write_text(f"model_name_or_path: ckpt\noutput_dir: {tmp_path}\n")
+    assert parse_arguments([str(old_key)]).model == canonical.model
+    with pytest.raises(SystemExit):
+        parse_arguments(["--help"])
+    shown = capsys.readouterr().out
+    assert "--model MODEL" in shown and "--model_name_or_path" not in shown and "--model-name-or-path" not in shown
 
 
 def test_dashes_and_underscores_are_the_same_flag(tmp_path):
@@ -47,9 +64,9 @@ def test_dashes_and_underscores_are_the_same_flag(tmp_path):
                                    "--per_layer_hidden_size", "32", "--per_layer_learning_rate_scale", "2.5",
                                    "--freeze_per_layer_embedding", "--per_layer_combination_method", "gated",
                                    "--learning_rate", "1e-3"])
-    assert dashed[2] == underscored[2]
-    assert dashed[2].per_layer_hidden_size == 32 and dashed[2].per_layer_learning_rate_scale == 2.5
-    assert dashed[3].learning_rate == underscored[3].learning_rate == 1e-3
+    assert dashed.per_layer_shape == underscored.per_layer_shape and dashed.per_layer == underscored.per_layer
+    assert dashed.per_layer_shape.per_layer_hidden_size == 32 and dashed.per_layer.per_layer_learning_rate_scale == 2.5
+    assert dashed.training.learning_rate == underscored.training.learning_rate == 1e-3
 
 
 @pytest.mark.parametrize("suffix", ["yaml", "json"])
@@ -58,10 +75,10 @@ def test_a_config_file_gives_the_arguments_and_flags_after_it_win(tmp_path, suff
                 "use_per_layer_embedding": True, "learning_rate": 1e-3, "max_steps": 7}
     path = tmp_path / f"run.{suffix}"
     path.write_text(json.dumps(settings))  # JSON is valid YAML too
-    model_args, _, per_layer_args, args = parse_arguments([str(path), "--max_steps", "9"])
-    assert model_args.model_size_name == "tiny" and per_layer_args.per_layer_hidden_size == 24
-    assert per_layer_args.use_per_layer_embedding and args.learning_rate == 1e-3
-    assert args.max_steps == 9
+    arguments = parse_arguments([str(path), "--max_steps", "9"])
+    assert arguments.shape.model_size_name == "tiny" and arguments.per_layer_shape.per_layer_hidden_size == 24
+    assert arguments.per_layer_shape.use_per_layer_embedding and arguments.training.learning_rate == 1e-3
+    assert arguments.training.max_steps == 9
 
 
 def test_config_file_mistakes_are_one_line_errors(tmp_path):

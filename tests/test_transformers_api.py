@@ -39,12 +39,42 @@ def test_attention_implementation_hooks_exist_with_the_arguments_we_override():
     assert hasattr(config, "_attn_implementation")  # read by select_attention_backend
 
 
+def test_our_attention_functions_take_transformers_signature_on_a_local_interface():
+    # behaviour: test_model_attention_interface.py (a function registered from outside), test_model_backends.py
+    from transformers.models.gemma2 import modeling_gemma2
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    from moderngpt2.attention_moderngpt2 import ATTENTION_FUNCTIONS, MODERNGPT2_ATTENTION
+
+    assert isinstance(ATTENTION_FUNCTIONS, AttentionInterface)
+    theirs = inspect.signature(modeling_gemma2.eager_attention_forward).parameters
+    for name in MODERNGPT2_ATTENTION:
+        function = ATTENTION_FUNCTIONS[name]
+        assert function.__module__.endswith("attention_moderngpt2")
+        ours = inspect.signature(function).parameters
+        assert list(ours)[:5] == list(theirs)[:5] == ["module", "query", "key", "value", "attention_mask"]
+        assert {"scaling", "dropout", "softcap"} <= set(theirs)  # the keywords Gemma2's layers pass
+        keywords = {"scaling", "dropout", "softcap", "sliding_window"}
+        assert all(ours[k].kind is inspect.Parameter.KEYWORD_ONLY for k in keywords), name
+        assert list(ours)[-1] == "kwargs"
+        if name in ALL_ATTENTION_FUNCTIONS._global_mapping:  # transformers' own stay untouched for other models
+            assert ALL_ATTENTION_FUNCTIONS[name] is not function
+
+
+def test_output_capturing_hooks_exist():
+    # behaviour: test_model_forward.py::test_hidden_states_are_the_layer_inputs_then_the_normed_output
+    from transformers.utils.output_capturing import capture_outputs
+
+    assert callable(capture_outputs)
+    assert set(ModernGPT2PreTrainedModel._can_record_outputs) == {"hidden_states", "attentions"}
+
+
 def test_config_serialisation_hook_drops_our_runtime_flag():
     # behaviour: test_model_config.py::test_automatic_backend_flag_is_not_serialised
     assert "d" in parameters(PretrainedConfig._remove_keys_not_serialized)
     model = ModernGPT2ForCausalLM(ModernGPT2Config(model_size_name="tiny", vocab_size=32))
-    assert model.config._attn_implementation_autoset is True
-    assert "_attn_implementation_autoset" not in model.config.to_dict()
+    assert model.config.attn_implementation_is_automatic is True
+    assert "attn_implementation_is_automatic" not in model.config.to_dict()
 
 
 def test_weight_init_and_tying_hooks():

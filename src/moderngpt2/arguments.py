@@ -13,6 +13,7 @@ What every command gets from that:
 """
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import json
@@ -93,7 +94,14 @@ class CanonicalHelpFormatter(argparse.HelpFormatter):
         return f"{name} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
 
     def _format_usage(self, usage, actions, groups, prefix):
-        shown = [action for action in actions if not action.option_strings or action.option_strings[0] != "-h"]
+        shown = []
+        for action in actions:
+            if action.option_strings[:1] == ["-h"]:
+                continue
+            if action.type is string_to_bool:  # shown as a bare switch
+                action = copy.copy(action)
+                action.nargs = 0
+            shown.append(action)
         return super()._format_usage(usage, shown, groups, prefix)
 
     def _get_help_string(self, action):
@@ -223,17 +231,16 @@ def build_parser(prog: str, dataclass_types, description: str | None = None,
 
 
 def fill_positionals(groups: list, positionals: dict[str, str]) -> list:
-    """Move positional values into their fields; a value given both ways must agree."""
+    """Positional values fill, in order, the positional fields no flag has set (`--model A B` sets the output)."""
     *instances, namespace = groups
-    for name in positionals:
-        value = getattr(namespace, f"positional_{name}", None)
-        if value is None:
-            continue
-        owner = next(instance for instance in instances if hasattr(instance, name))
-        given = getattr(owner, name)
-        if given not in (None, value):
-            raise UserError(f"{name.upper()} {value!r} and --{name} {given!r} disagree; give one of them")
-        setattr(owner, name, value)
+    values = [value for name in positionals if (value := getattr(namespace, f"positional_{name}", None)) is not None]
+    owners = {name: next(instance for instance in instances if hasattr(instance, name)) for name in positionals}
+    open_fields = [name for name in positionals if getattr(owners[name], name) is None]
+    if len(values) > len(open_fields):
+        extra = " ".join(values[len(open_fields):])
+        raise UserError(f"unexpected argument(s) {extra}: {', '.join(f'--{n}' for n in positionals)} are already set")
+    for name, value in zip(open_fields, values):
+        setattr(owners[name], name, value)
     for instance in instances:
         check = getattr(instance, "check_required", None)
         if check is not None:

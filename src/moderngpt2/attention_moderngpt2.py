@@ -1,27 +1,25 @@
-"""Attention backends of ModernGPT2, behind one interface.
+"""Attention functions of ModernGPT2 and how one is chosen for a forward.
 
-Every backend is called as
+Every function takes transformers' attention signature,
 
-    backend(query, key, value, mask, *, scaling, softcap, sliding_window, dropout) -> (output, weights | None)
+    fn(module, query, key, value, attention_mask, *, scaling, dropout, softcap, sliding_window, **kwargs)
+        -> (output, weights | None)
 
 with query `(B, Hq, Q, D)`, key/value `(B, Hkv, K, D)` (Hkv divides Hq: grouped-query attention) and output
-`(B, Q, Hq, D)`. The model's quirks (query scaling, attention logit softcapping, sliding window) are explicit keyword
-arguments, never hidden state. A backend that cannot honour one of them raises instead of dropping it.
+`(B, Q, Hq, D)`. They are registered on this file's own `AttentionInterface` instance, `ATTENTION_FUNCTIONS`, as
+transformers recommends for a model that overrides its built-in functions: transformers' `sdpa` would drop the
+softcap and its flex/flash functions expect its own mask formats. `attention_mask` is an `AttentionMask` (a
+description each function turns into the form it runs fastest with); a function registered with transformers'
+global interface under any other name (vLLM's Transformers backend) is called with the same signature and a boolean
+mask tensor. A function that cannot honour softcap, window or dropout raises instead of dropping it.
 
-- `eager`: the reference; any feature, and the only one that returns attention weights.
-- `sdpa`: `torch.nn.functional.scaled_dot_product_attention`. No softcapping (the fused kernels have no hook for
-  it). The sliding window is honoured through an explicit boolean mask, which leaves the flash kernel for the
-  memory-efficient one; plain causal inputs keep `is_causal=True` and the flash/cuDNN kernels.
-- `flex_attention`: `torch.nn.attention.flex_attention` with a score_mod `c * tanh(s / c)` (on CUDA the tanh is
-  the hardware approximation, `softcap_moderngpt2`) and a block mask for causal/window/padding/documents;
-  compiled on CUDA. On the CPU, torch runs it uncompiled for inference only (it has no
-  backward there), so CPU training with softcapping uses `eager`.
-- `flash_attention_2`: the `flash_attn` package when installed (softcap and window native); unpadded inputs only.
+Backends: `eager` (reference; any feature; the only one returning weights), `sdpa` (no softcap), `flex_attention`
+(softcap via score_mod, compiled on CUDA, no backward on the CPU), `flash_attention_2` (the flash_attn package,
+unpadded inputs only). Which one runs is chosen per forward by `select_attention_backend`: its docstring is the
+one description of that choice.
 
-Which backend runs is decided per forward by `select_attention_backend` (device, query length, cache, training).
-
-This module imports only torch and its sibling softcap module, so it can travel next to a checkpoint with the
-modeling file.
+This module imports only torch, transformers and its sibling softcap module, so it travels next to a checkpoint
+with the modeling file.
 """
 
 import functools
@@ -29,6 +27,8 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_utils import AttentionInterface
 
 from .softcap_moderngpt2 import softcap_tanh_function
 
@@ -53,12 +53,12 @@ class AttentionMask:
         self.document_ids = document_ids  # (B, Q) document of each position when queries and keys are aligned
         self._built = {}
 
-    def is_plain_causal(self, sliding_window):
+    def is_plain_causal(self, sliding_window: int | None) -> bool:
         """True when `is_causal=True` of the fused kernels describes this mask exactly."""
         window_is_moot = sliding_window is None or sliding_window >= len(self.query_slots)
         return self.key_valid is None and self.document_ids is None and self.aligned and window_is_moot
 
-    def dense(self, sliding_window):
+    def dense(self, sliding_window: int | None) -> torch.Tensor:
         """Boolean mask `(B or 1, 1, Q, K)`, True where attention is allowed."""
         key = ("dense", sliding_window)
         if key not in self._built:
@@ -75,7 +75,7 @@ class AttentionMask:
             self._built[key] = allowed[:, None]  # (B or 1, 1, Q, K)
         return self._built[key]
 
-    def block_mask(self, sliding_window):
+    def block_mask(self, sliding_window: int | None):
         """FlexAttention BlockMask for the same rule as `dense`.
 
         Without padding the mask depends only on the slot ranges, so it is taken from a small cache shared by
@@ -121,8 +121,9 @@ def _unpadded_block_mask(device, query_start, query_length, key_start, key_lengt
     return _create_block_mask(query_slots, key_slots, None, sliding_window)
 
 
-def build_attention_masks(layer_types, attention_mask, past_key_values, past_seen, seq_len, device,
-                          document_ids=None):
+def build_attention_masks(layer_types: list[str], attention_mask: torch.Tensor | None, past_key_values,
+                          past_seen: int | torch.Tensor, seq_len: int, device: torch.device,
+                          document_ids: torch.Tensor | None = None) -> dict[str, AttentionMask]:
     """One AttentionMask per attention type: the slots of this forward's queries and of the keys it reads.
 
     Cache layers report which absolute slots their returned keys cover (`get_mask_sizes`): all slots for full
@@ -172,7 +173,10 @@ def build_attention_masks(layer_types, attention_mask, past_key_values, past_see
     return masks
 
 
-def repeat_kv(hidden_states, n_rep):
+AttentionOutput = tuple[torch.Tensor, torch.Tensor | None]  # (B, Q, Hq, D) and the weights (eager only)
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     """(B, Hkv, K, D) -> (B, Hkv * n_rep, K, D), each KV head shared by n_rep consecutive query heads."""
     if n_rep == 1:
         return hidden_states
@@ -181,14 +185,16 @@ def repeat_kv(hidden_states, n_rep):
     return hidden_states.reshape(batch, num_kv_heads * n_rep, length, head_dim)
 
 
-def eager_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
+def eager_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: AttentionMask, *, scaling: float, dropout: float, softcap: float | None,
+                            sliding_window: int | None, **kwargs) -> AttentionOutput:
     """Reference implementation: scores, softcap, mask, fp32 softmax."""
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, Q, K)
     if softcap is not None:
         scores = softcap * torch.tanh(scores / softcap)
-    scores = scores.masked_fill(~mask.dense(sliding_window), torch.finfo(scores.dtype).min)
+    scores = scores.masked_fill(~attention_mask.dense(sliding_window), torch.finfo(scores.dtype).min)
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=True)
@@ -196,13 +202,15 @@ def eager_attention_forward(query, key, value, mask, *, scaling, softcap, slidin
     return output.transpose(1, 2), weights
 
 
-def sdpa_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
+def sdpa_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: AttentionMask, *, scaling: float, dropout: float, softcap: float | None,
+                           sliding_window: int | None, **kwargs) -> AttentionOutput:
     if softcap is not None:
         raise ValueError(
             "attn_implementation='sdpa' cannot apply attn_logit_softcapping; use 'eager' or 'flex_attention', "
             "or set attn_logit_softcapping=None"
         )
-    is_causal = mask.is_plain_causal(sliding_window)
+    is_causal = attention_mask.is_plain_causal(sliding_window)
     if not is_causal:
         # With an explicit mask the memory-efficient kernel runs, and it has no grouped-query support:
         # share the KV heads by expanding them rather than fall back to the math kernel.
@@ -212,7 +220,7 @@ def sdpa_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
         query,
         key,
         value,
-        attn_mask=None if is_causal else mask.dense(sliding_window),
+        attn_mask=None if is_causal else attention_mask.dense(sliding_window),
         dropout_p=dropout,
         is_causal=is_causal,
         scale=scaling,
@@ -243,7 +251,9 @@ def _flex_attention_function(device_type):
     return torch.compile(flex_attention) if device_type == "cuda" else flex_attention
 
 
-def flex_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
+def flex_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: AttentionMask, *, scaling: float, dropout: float, softcap: float | None,
+                           sliding_window: int | None, **kwargs) -> AttentionOutput:
     if dropout > 0.0:
         raise ValueError("attn_implementation='flex_attention' has no attention dropout; set attention_dropout=0.0")
     if query.device.type == "cpu" and torch.is_grad_enabled() and query.requires_grad:
@@ -255,17 +265,20 @@ def flex_attention_forward(query, key, value, mask, *, scaling, softcap, sliding
         key,
         value,
         score_mod=None if softcap is None else _softcap_score_mod(float(softcap), query.device.type, query.dtype),
-        block_mask=mask.block_mask(sliding_window),
+        block_mask=attention_mask.block_mask(sliding_window),
         scale=scaling,
         enable_gqa=query.shape[1] != key.shape[1],
     )  # (B, H, Q, D)
     return output.transpose(1, 2), None
 
 
-def flash_attention_forward(query, key, value, mask, *, scaling, softcap, sliding_window, dropout):
+def flash_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: AttentionMask, *, scaling: float, dropout: float, softcap: float | None,
+                            sliding_window: int | None, **kwargs) -> AttentionOutput:
     from flash_attn import flash_attn_func
 
-    if mask.key_valid is not None or mask.document_ids is not None or not mask.keys_end_at_queries:
+    if (attention_mask.key_valid is not None or attention_mask.document_ids is not None
+            or not attention_mask.keys_end_at_queries):
         raise ValueError(
             "attn_implementation='flash_attention_2' needs unpadded inputs, one document per row and a dynamic "
             "cache; use 'sdpa' or 'flex_attention' for padded batches, document_ids or a static cache"
@@ -283,26 +296,64 @@ def flash_attention_forward(query, key, value, mask, *, scaling, softcap, slidin
     return output, None
 
 
-ATTENTION_BACKENDS = {
-    "eager": eager_attention_forward,
-    "sdpa": sdpa_attention_forward,
-    "flex_attention": flex_attention_forward,
-    "flash_attention_2": flash_attention_forward,
-}
+MODERNGPT2_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2")
+
+# A local instance: ours override transformers' functions of the same names for this model only, and every other
+# name falls through to transformers' global registry.
+ATTENTION_FUNCTIONS = AttentionInterface()
+ATTENTION_FUNCTIONS["eager"] = eager_attention_forward
+ATTENTION_FUNCTIONS["sdpa"] = sdpa_attention_forward
+ATTENTION_FUNCTIONS["flex_attention"] = flex_attention_forward
+ATTENTION_FUNCTIONS["flash_attention_2"] = flash_attention_forward
 
 
-def uses_attention_quirks(config):
+def is_external_attention(name) -> bool:
+    """True for a function registered with transformers' AttentionInterface from outside transformers.
+
+    It receives a boolean mask `(B or 1, 1, Q, K)`, True where a query may attend. transformers' own functions
+    expect their own mask formats, so ours stand in for those names and any other of theirs is refused.
+    """
+    if not isinstance(name, str) or name in MODERNGPT2_ATTENTION or name not in ATTENTION_FUNCTIONS:
+        return False
+    return not getattr(ATTENTION_FUNCTIONS[name], "__module__", "").startswith("transformers.")
+
+
+# Set on the config of a loaded model when no backend was requested; never saved (see the configuration).
+AUTOMATIC_FLAG = "attn_implementation_is_automatic"
+
+
+def resolve_attn_implementation(config, requested: str | None) -> str:
+    """Validate an explicit backend request, or mark the config automatic when there is none.
+
+    Returns what transformers stores as `config._attn_implementation`: the request, or the automatic choice for a
+    CPU forward. Re-requesting that stored value while automatic (transformers does on reload) keeps it automatic.
+    """
+    still_automatic = getattr(config, AUTOMATIC_FLAG, False) and requested == config._attn_implementation
+    if requested is None or still_automatic:
+        setattr(config, AUTOMATIC_FLAG, True)
+        return select_attention_backend(config, "cpu", query_length=None, has_cache=False, training=False)
+    if not is_external_attention(requested):
+        check_attention_backend(requested, config)
+    setattr(config, AUTOMATIC_FLAG, False)
+    return requested
+
+
+def uses_attention_quirks(config) -> bool:
     """Softcapping or a sliding window: what the plain fused sdpa kernels cannot do."""
     return config.attn_logit_softcapping is not None or "sliding_attention" in config.layer_types
 
 
-def select_attention_backend(config, device_type, query_length, has_cache, training, document_mask=False):
+def select_attention_backend(config, device_type: str, query_length: int | None, has_cache: bool, training: bool,
+                             document_mask: bool = False, attention_weights: bool = False) -> str:
     """The backend one forward runs: the explicit `attn_implementation` if there is one, else the automatic choice.
 
-    Automatic choice (the fastest backend that honours every setting):
+    The choice is made again for every forward (flex for training with softcap, eager at decode, ...) unless
+    `attn_implementation` was given explicitly (`from_pretrained`, the config or `set_attn_implementation`), which
+    then holds for every forward. The automatic choice is the fastest backend that honours every setting:
 
     | softcap, window or documents | device   | the forward                                | backend          |
     |------------------------------|----------|--------------------------------------------|------------------|
+    | any                          | any      | with `output_attentions` (weights wanted)  | `eager`          |
     | none                         | any      | any                                        | `sdpa`           |
     | any                          | not CUDA | any                                        | `eager`          |
     | any                          | CUDA     | decode step: 1 query and a cache           | `eager`          |
@@ -315,8 +366,10 @@ def select_attention_backend(config, device_type, query_length, has_cache, train
     sequences), which sdpa could only take as a dense mask, losing its flash kernel; flex skips whole blocks.
     """
     requested = config._attn_implementation
-    if requested is not None and not getattr(config, "_attn_implementation_autoset", False):
+    if requested is not None and not getattr(config, AUTOMATIC_FLAG, False):
         return requested
+    if attention_weights:
+        return "eager"  # the only backend that computes the weights
     if not uses_attention_quirks(config) and not document_mask:
         return "sdpa"
     if device_type != "cuda":
@@ -328,11 +381,11 @@ def select_attention_backend(config, device_type, query_length, has_cache, train
     return "flex_attention"
 
 
-def check_attention_backend(name, config):
+def check_attention_backend(name: str, config) -> None:
     """Raise a ValueError naming the setting when backend `name` cannot run `config` faithfully."""
-    if name not in ATTENTION_BACKENDS:
+    if name not in MODERNGPT2_ATTENTION:
         raise ValueError(
-            f"attn_implementation={name!r} is not supported; choose one of {', '.join(ATTENTION_BACKENDS)}"
+            f"attn_implementation={name!r} is not supported; choose one of {', '.join(MODERNGPT2_ATTENTION)}"
         )
     if name == "sdpa" and config.attn_logit_softcapping is not None:
         raise ValueError(

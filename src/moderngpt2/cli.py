@@ -4,14 +4,12 @@ Each subcommand lives in its own module and exposes ``main(argv)``; modules are 
 subcommand runs, so ``moderngpt2 --help`` stays fast.
 """
 
-import atexit
 import importlib
-import os
 import sys
 
 from .errors import UserError
 from .fileio import filesystem_fault
-from .training.launch import take_local_rank
+from .engines import exit_process, take_local_rank
 
 # command -> (module under moderngpt2.commands, one-line description); a dict is a group of sub-commands.
 COMMANDS = {
@@ -93,20 +91,9 @@ def main(argv=None) -> int:
 
 
 def entry_point():
-    """The process's entry (console script, `python -m moderngpt2.cli`): run main, exit with its code.
-
-    A rank of a distributed run (WORLD_SIZE > 1) runs Python's exit handlers, then leaves with os._exit.
-    torch keeps C++ references to a gloo process group once DDP or DeepSpeed has used it, so
-    destroy_process_group cannot stop its threads; tearing them down among the interpreter's finalizers
-    occasionally aborted a finished rank with SIGABRT ("terminate called without an active exception").
-    """
-    code = main()
-    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
-        atexit._run_exitfuncs()  # logging, TensorBoard and experiment trackers flush and close here
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    """The process's entry (console script, `python -m moderngpt2.cli`): run main, exit with its code
+    (`engines.exit_process` explains how a rank of a distributed run leaves)."""
+    exit_process(main())
 
 
 if __name__ == "__main__":

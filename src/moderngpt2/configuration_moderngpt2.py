@@ -268,7 +268,7 @@ class ModernGPT2Config(PreTrainedConfig):
     def _remove_keys_not_serialized(self, d):
         # Whether the attention backend was picked automatically is a property of the loaded model, not the checkpoint.
         super()._remove_keys_not_serialized(d)
-        d.pop("_attn_implementation_autoset", None)
+        d.pop("attn_implementation_is_automatic", None)
 
 
 def _is_number(value):

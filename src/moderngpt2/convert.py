@@ -1,14 +1,13 @@
-"""``moderngpt2 convert-gemma2 SRC DST``: turn a transformers Gemma2 checkpoint into a ModernGPT2 one.
+"""Turn a transformers Gemma2 checkpoint into a ModernGPT2 one (`moderngpt2 convert-gemma2 SRC DST`).
 
-ModernGPT2 keeps Gemma2's module names, so the conversion is a config mapping plus a key map. Tensors are
-streamed one safetensors shard at a time (a 27B checkpoint never sits in memory twice), the result is
-written to a temporary directory beside DST and renamed into place only once complete, and the tokenizer
-files travel along. The output carries the modeling code and an ``auto_map``, like any ``save_pretrained``.
+ModernGPT2 keeps Gemma2's module names, so the conversion is the config mapping of `gemma2_mapping` plus a check
+that every tensor has its place. Tensors are streamed one safetensors shard at a time (a 27B checkpoint never
+sits in memory twice), the result is written to a temporary directory beside DST and renamed into place only
+once complete, and the tokenizer files travel along. The output carries the modeling code and an ``auto_map``, like any ``save_pretrained``.
 """
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -19,59 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .argparsing import CommandParser
+from .arguments import build_config
+from .devices import DTYPES
 from .errors import UserError
-from .jsonfile import read_json_object
-
-# Gemma2 config field -> ModernGPT2 config field. Fields not listed have no ModernGPT2 equivalent and must hold
-# their neutral value (checked in `moderngpt2_config_kwargs`).
-CONFIG_MAP = {
-    "vocab_size": "vocab_size",
-    "hidden_size": "n_embd",
-    "intermediate_size": "n_inner",
-    "num_hidden_layers": "n_layer",
-    "num_attention_heads": "n_head",
-    "num_key_value_heads": "num_key_value_heads",
-    "head_dim": "head_dim",
-    "hidden_activation": "activation_function",
-    "max_position_embeddings": "n_positions",
-    "rms_norm_eps": "rms_norm_eps",
-    "initializer_range": "initializer_range",
-    "query_pre_attn_scalar": "query_pre_attn_scalar",
-    "attn_logit_softcapping": "attn_logit_softcapping",
-    "final_logit_softcapping": "final_logit_softcapping",
-    "sliding_window": "sliding_window",
-    "layer_types": "layer_types",
-    "attention_dropout": "attention_dropout",
-    "tie_word_embeddings": "tie_word_embeddings",
-    "bos_token_id": "bos_token_id",
-    "eos_token_id": "eos_token_id",
-    "pad_token_id": "pad_token_id",
-    "use_cache": "use_cache",
-}
-
-# Gemma2 tensor name -> ModernGPT2 tensor name; "{}" stands for the layer index. The names are the same by design.
-KEY_MAP = {
-    "model.embed_tokens.weight": "model.embed_tokens.weight",
-    "model.norm.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-    **{
-        f"model.layers.{{}}.{name}.weight": f"model.layers.{{}}.{name}.weight"
-        for name in (
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-            "input_layernorm",
-            "post_attention_layernorm",
-            "pre_feedforward_layernorm",
-            "post_feedforward_layernorm",
-        )
-    },
-}
+from .fileio import write_json
+from .gemma2_mapping import moderngpt2_config_kwargs, read_gemma2_config, to_moderngpt2_key
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -81,68 +32,6 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
 )
-
-# The reverse direction, for `moderngpt2 export --format gemma2`.
-GEMMA2_KEY_MAP = {ours: theirs for theirs, ours in KEY_MAP.items()}
-
-_LAYER_INDEX = re.compile(r"\.(\d+)\.")
-
-
-def _translate_key(key: str, table: dict[str, str], checkpoint_kind: str) -> str:
-    match = _LAYER_INDEX.search(key)
-    template = key.replace(match.group(0), ".{}.", 1) if match else key
-    if template not in table:
-        raise UserError(f"tensor '{key}' is not part of a {checkpoint_kind} checkpoint; nothing was written")
-    return table[template].format(match.group(1)) if match else table[template]
-
-
-def to_moderngpt2_key(gemma2_key: str) -> str:
-    """Map one Gemma2 tensor name to its ModernGPT2 name (UserError for a name Gemma2 does not have)."""
-    return _translate_key(gemma2_key, KEY_MAP, "Gemma2ForCausalLM")
-
-
-def to_gemma2_key(moderngpt2_key: str) -> str:
-    """Map one ModernGPT2 tensor name to its Gemma2 name (UserError for a name Gemma2 has no place for)."""
-    return _translate_key(moderngpt2_key, GEMMA2_KEY_MAP, "Gemma2-compatible ModernGPT2")
-
-
-def read_checkpoint_config(src: Path, config_class, model_type: str, kind: str, hint: str):
-    """Load SRC/config.json as ``config_class`` (its defaults fill fields the file omits); UserError for a
-    missing file, another model type or an invalid config."""
-    config_path = src / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{src} is not a checkpoint directory: {config_path} is missing")
-    raw = read_json_object(config_path, "checkpoint config")
-    if raw.get("model_type") != model_type:
-        raise UserError(f"{config_path}: model_type is {raw.get('model_type')!r}, expected {model_type!r}; {hint}")
-    try:
-        return config_class.from_dict(raw)
-    except (TypeError, ValueError) as error:
-        raise UserError(f"{config_path}: invalid {kind} config ({error})") from None
-
-
-def read_gemma2_config(src: Path):
-    """Load SRC/config.json as a transformers ``Gemma2Config``."""
-    from transformers import Gemma2Config
-
-    return read_checkpoint_config(src, Gemma2Config, "gemma2", "Gemma2", "give a Gemma2 checkpoint directory")
-
-
-def moderngpt2_config_kwargs(gemma2_config) -> dict:
-    """The ModernGPT2 config arguments equivalent to a Gemma2 config; UserError for features ModernGPT2 lacks."""
-    if getattr(gemma2_config, "attention_bias", False):
-        raise UserError("the Gemma2 config has attention_bias=true; ModernGPT2 has no attention biases")
-    if getattr(gemma2_config, "use_bidirectional_attention", None):
-        raise UserError("the Gemma2 config uses bidirectional attention; ModernGPT2 is a causal language model")
-    rope = getattr(gemma2_config, "rope_parameters", None) or {}
-    rope_type = rope.get("rope_type", "default")
-    if rope_type != "default":
-        raise UserError(f"the Gemma2 config uses rope_type '{rope_type}'; ModernGPT2 supports plain RoPE only")
-    kwargs = {ours: getattr(gemma2_config, theirs) for theirs, ours in CONFIG_MAP.items()}
-    kwargs["rope_theta"] = float(rope.get("rope_theta", getattr(gemma2_config, "rope_theta", 10000.0)))
-    if "sliding_attention" not in (kwargs["layer_types"] or []):
-        kwargs["sliding_window"] = None
-    return kwargs
 
 
 def shard_files(src: Path) -> list[str]:
@@ -212,10 +101,11 @@ def write_shards(src: Path, files: list[str], names: dict[str, str], out: Path, 
         del tensors
     if len(files) > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_json(out / "model.safetensors.index.json", index)
 
 
-SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+# safetensors' dtype codes of the dtypes a checkpoint may hold.
+SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def stored_dtype(src: Path, files: list[str]) -> torch.dtype:
@@ -224,7 +114,7 @@ def stored_dtype(src: Path, files: list[str]) -> torch.dtype:
         code = shard.get_slice(next(iter(shard.keys()))).get_dtype()
     if code not in SAFETENSORS_DTYPES:
         raise UserError(f"{src / files[0]} stores {code} tensors; expected float32, bfloat16 or float16")
-    return SAFETENSORS_DTYPES[code]
+    return DTYPES[SAFETENSORS_DTYPES[code]]
 
 
 def write_metadata(src: Path, out: Path, model) -> None:
@@ -269,15 +159,14 @@ def staged_output(dst: Path, overwrite: bool):
 
 def convert_gemma2(src, dst, dtype: torch.dtype | None = None, overwrite: bool = False) -> Path:
     """Convert the Gemma2 checkpoint directory ``src`` into a ModernGPT2 checkpoint directory ``dst``."""
-    from .configuration_moderngpt2 import ModernGPT2Config
     from .modeling_moderngpt2 import ModernGPT2ForCausalLM
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UserError(f"{src} is not a directory; give a Gemma2 checkpoint directory")
     try:
-        config = ModernGPT2Config(**moderngpt2_config_kwargs(read_gemma2_config(src)))
-    except ValueError as error:
+        config = build_config(moderngpt2_config_kwargs(read_gemma2_config(src)))
+    except UserError as error:
         raise UserError(f"{src / 'config.json'}: {error}") from None
     files = shard_files(src)
     config.dtype = dtype or stored_dtype(src, files)
@@ -290,20 +179,3 @@ def convert_gemma2(src, dst, dtype: torch.dtype | None = None, overwrite: bool =
         write_metadata(src, staging, model)
     return dst
 
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def main(argv: list[str]) -> int:
-    parser = CommandParser(
-        prog="moderngpt2 convert-gemma2",
-        description="Convert a transformers Gemma2 checkpoint directory (safetensors) into a ModernGPT2 checkpoint.",
-    )
-    parser.add_argument("src", help="Gemma2 checkpoint directory (config.json + model*.safetensors)")
-    parser.add_argument("dst", help="output directory for the ModernGPT2 checkpoint")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast the weights (default: keep the stored dtype)")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists and is not empty")
-    args = parser.parse_args(argv)
-    out = convert_gemma2(args.src, args.dst, DTYPES.get(args.dtype), args.overwrite)
-    print(f"wrote ModernGPT2 checkpoint to {out}")
-    return 0

@@ -1,4 +1,4 @@
-"""`moderngpt2 evaluate`: perplexity of a checkpoint on held-out text.
+"""Perplexity of a checkpoint on held-out text (`moderngpt2 evaluate`).
 
 The input is either pretokenized data (a `moderngpt2 pretokenize` directory, its validation split by default,
 or a Megatron prefix) or raw text (JSON Lines, .txt, Parquet, `datasets` sources), tokenized here with the
@@ -10,44 +10,16 @@ log-likelihood per predicted token over all blocks (token-weighted, not an avera
     moderngpt2 evaluate --model out/final --tasks hellaswag,arc_easy --limit 100   # lm-evaluation-harness
 """
 
-import argparse
-import math
 import os
 
 import torch
 from tqdm.auto import tqdm
 
-from .argparsing import CommandParser
-from .data.arguments import add_flag
+from .arguments import SourceArguments
 from .errors import UserError
-from .fileio import write_json
-from .frameworks import FRAMEWORKS, check_torch_only_flags, load_causal_lm
-from .harness import add_harness_flags, prepare_harness, run_harness
-from .devices import DTYPES
+from .frameworks import check_torch_only_flags, load_causal_lm
 from .loading import load_checkpoint
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="moderngpt2 evaluate", description=__doc__.splitlines()[0])
-    add_flag(parser, "--model", required=True, help="model directory (OUTPUT/final of `moderngpt2 train`)")
-    add_flag(parser, "--input", nargs="+", default=None,
-             help="a pretokenized directory or Megatron prefix, or text files/directories/`datasets` sources")
-    add_flag(parser, "--split", default="validation", help="split of pretokenized data (default validation)")
-    add_flag(parser, "--per-layer-data-path", default=None, help="explicit per-layer id streams of pretokenized data")
-    add_flag(parser, "--text_field", default="text", help="field or column holding the text (default text)")
-    add_flag(parser, "--on_bad_record", choices=("error", "skip"), default="error",
-             help="malformed records in text input: stop (error, default) or skip them")
-    add_flag(parser, "--block_size", type=int, default=None,
-             help="tokens per block for text and Megatron input (default: the model's n_positions)")
-    add_flag(parser, "--batch_size", type=int, default=8, help="blocks per forward pass (default 8)")
-    add_flag(parser, "--max_blocks", type=int, default=None, help="evaluate at most this many blocks")
-    add_flag(parser, "--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    add_flag(parser, "--dtype", default="auto", choices=("auto", *DTYPES), help="weights dtype (default auto)")
-    add_flag(parser, "--output_json", default=None, help="also write the numbers to this JSON file")
-    add_flag(parser, "--framework", choices=FRAMEWORKS, default="torch",
-             help="implementation to run: torch (default), jax or tf (needs the extra of the same name)")
-    add_harness_flags(parser)
-    return parser
+from .metrics import perplexity
 
 
 def is_pretokenized(inputs: list[str]) -> bool:
@@ -57,32 +29,34 @@ def is_pretokenized(inputs: list[str]) -> bool:
     return os.path.isfile(os.path.join(path, "manifest.json")) or os.path.isfile(path + ".idx")
 
 
-def pretokenized_blocks(args, tokenizer, block_size):
+def pretokenized_blocks(path: str, tokenizer, block_size: int, *, split: str, per_layer_data_path: str | None,
+                        requested_block_size: int | None):
     """Blocks (dicts of LongTensors) of the chosen split, after checking the data matches the tokenizer."""
     from .data.loader import load_block_dataset
     from .training.data import checked_manifest
 
-    path = args.input[0]
     if checked_manifest(path, tokenizer) is not None:
         # A directory keeps its own block size unless asked otherwise (Megatron storage can be re-cut).
-        dataset = load_block_dataset(path, split=args.split, per_layer_path=args.per_layer_data_path,
-                                     block_size=args.block_size)
+        dataset = load_block_dataset(path, split=split, per_layer_path=per_layer_data_path,
+                                     block_size=requested_block_size)
     else:  # a bare Megatron prefix is one stream, cut here
-        dataset = load_block_dataset(path, per_layer_path=args.per_layer_data_path, block_size=block_size)
+        dataset = load_block_dataset(path, per_layer_path=per_layer_data_path, block_size=block_size)
     for index in range(len(dataset)):
         yield dataset[index]
 
 
-def text_blocks(args, tokenizer, block_size):
+def text_blocks(source: SourceArguments, tokenizer, block_size: int, model_dir: str):
     """Documents laid out as `pretokenize` does ([BOS] text EOS), cut into blocks (the last may be shorter)."""
     from .data.sources import iter_texts
 
     eos, bos = tokenizer.eos_token_id, tokenizer.bos_token_id
     if eos is None:
-        raise UserError(f"{args.model}: the tokenizer has no EOS token to separate documents")
+        raise UserError(f"{model_dir}: the tokenizer has no EOS token to separate documents")
     prefix = [bos] if bos is not None and bos != eos else []
     buffer = []
-    for text in iter_texts(args.input, text_field=args.text_field, on_bad_record=args.on_bad_record):
+    texts = iter_texts(source.source_specs(), text_field=source.text_field, on_bad_record=source.on_bad_record,
+                       limit=source.max_input_lines_total, c4_dataset=source.c4_dataset, split=source.dataset_split)
+    for text in texts:
         buffer.extend(prefix + tokenizer(text, add_special_tokens=False)["input_ids"])
         buffer.append(eos)
         while len(buffer) >= block_size:
@@ -143,46 +117,41 @@ def negative_log_likelihood(score_batch, batches) -> tuple[float, int, int]:
     return total, tokens, blocks
 
 
-def load_for_evaluation(args):
+def load_for_evaluation(model_dir: str, framework: str, device: str, dtype: str):
     """(scorer of one batch, n_positions, tokenizer) for the chosen framework."""
-    if args.framework == "torch":
-        model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
+    if framework == "torch":
+        model, tokenizer = load_checkpoint(model_dir, device, dtype)
         return torch_batch_nll(model), model.config.n_positions, tokenizer
     from .tokenization import load_tokenizer
 
-    check_torch_only_flags(args)
-    model = load_causal_lm(args.framework, args.model)
-    return framework_batch_nll(model, args.framework), model.config["n_positions"], load_tokenizer(args.model)
+    check_torch_only_flags(framework, device, dtype)
+    model = load_causal_lm(framework, model_dir)
+    return framework_batch_nll(model, framework), model.config["n_positions"], load_tokenizer(model_dir)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size {args.batch_size}: must be at least 1")
-    if (args.input is None) == (args.tasks is None):
-        raise UserError("give either --input (perplexity on held-out text) or --tasks (lm-evaluation-harness)")
-    if args.tasks is not None:
-        if args.framework != "torch":
-            raise UserError(f"--tasks runs the PyTorch model through lm-evaluation-harness; "
-                            f"drop --framework {args.framework}")
-        prepared = prepare_harness(args)
-        model, tokenizer = load_checkpoint(args.model, args.device, args.dtype)
-        run_harness(args, prepared, model, tokenizer)
-        return 0
-    score_batch, n_positions, tokenizer = load_for_evaluation(args)
-    block_size = args.block_size or n_positions
-    if block_size < 2:
-        raise UserError(f"--block_size {block_size}: must be at least 2")
-    blocks = (pretokenized_blocks if is_pretokenized(args.input) else text_blocks)(args, tokenizer, block_size)
-    total, tokens, count = negative_log_likelihood(score_batch, batched(blocks, args.batch_size, args.max_blocks))
+def evaluate_perplexity(model_dir: str, source: SourceArguments, *, split: str, per_layer_data_path: str | None,
+                        block_size: int | None, batch_size: int, max_blocks: int | None, framework: str,
+                        device: str, dtype: str) -> dict:
+    """{perplexity, loss, tokens, blocks} of the checkpoint on pretokenized data or raw text.
+
+    block_size None: the model's context for text and Megatron input, a directory's own block size otherwise.
+    """
+    score_batch, n_positions, tokenizer = load_for_evaluation(model_dir, framework, device, dtype)
+    length = block_size or n_positions
+    if length < 2:
+        raise UserError(f"--block_size {length}: must be at least 2")
+    inputs = source.source_specs()
+    pretokenized = is_pretokenized(inputs)
+    if pretokenized:
+        blocks = pretokenized_blocks(inputs[0], tokenizer, length, split=split,
+                                     per_layer_data_path=per_layer_data_path, requested_block_size=block_size)
+    else:
+        blocks = text_blocks(source, tokenizer, length, model_dir)
+    total, tokens, count = negative_log_likelihood(score_batch, batched(blocks, batch_size, max_blocks))
     if tokens == 0:
-        raise UserError(f"{' '.join(args.input)}: no text to evaluate on")
-    if count == 1 and tokens + 1 < block_size and not is_pretokenized(args.input):
-        raise UserError(f"{' '.join(args.input)}: {tokens + 1} tokens, less than one block of {block_size}; give more "
+        raise UserError(f"{' '.join(inputs)}: no text to evaluate on")
+    if count == 1 and tokens + 1 < length and not pretokenized:
+        raise UserError(f"{' '.join(inputs)}: {tokens + 1} tokens, less than one block of {length}; give more "
                         "text or a smaller --block_size")
     loss = total / tokens
-    result = {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "tokens": tokens, "blocks": count}
-    print(f"perplexity {result['perplexity']:.4f} (loss {loss:.4f} nats/token over {tokens} tokens in {count} blocks)")
-    if args.output_json:
-        write_json(args.output_json, result)
-    return 0
+    return {"perplexity": perplexity(loss), "loss": loss, "tokens": tokens, "blocks": count}

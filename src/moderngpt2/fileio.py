@@ -149,6 +149,17 @@ def write_json(path: str, data, indent: int | None = 2, sort_keys: bool = False,
         handle.write("\n")
 
 
+def write_numpy_checkpoint(path: str, config: dict, tensors: dict) -> None:
+    """config.json and model.safetensors (numpy arrays, PyTorch's metadata) in `path`, each written whole:
+    how the JAX and Keras ports save a checkpoint PyTorch loads."""
+    from safetensors.numpy import save
+
+    make_directory(path, "checkpoint directory")
+    with atomic_write(os.path.join(path, "model.safetensors"), "wb") as handle:
+        handle.write(save(tensors, metadata={"format": "pt"}))
+    write_json(os.path.join(path, "config.json"), config, sort_keys=True)
+
+
 def safetensors_problem(path: str) -> str | None:
     """None when a safetensors file is whole (its length matches its own header), else what is wrong."""
     try:

@@ -9,12 +9,24 @@ max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id, pad_to
 
 import importlib
 import os
+from dataclasses import dataclass
 
-from .errors import UserError
+from .arguments import arg
+from .errors import UserError, first_line
 
 FRAMEWORKS = ("torch", "jax", "tf")
 # The top-level packages each framework's extra installs.
 EXTRA_PACKAGES = {"jax": ("jax", "jaxlib", "flax", "optax"), "tf": ("tensorflow", "keras", "tf_keras")}
+
+
+@dataclass
+class FrameworkArguments:
+    """The `--framework` of the commands that run a checkpoint."""
+
+    _argument_group_name = "framework"
+
+    framework: str = arg("torch", "implementation to run: torch, jax or tf (needs the extra of the same name)",
+                         choices=FRAMEWORKS)
 
 
 def import_framework(framework: str):
@@ -39,12 +51,12 @@ def load_causal_lm(framework: str, path: str):
     try:
         return module.ModernGPT2ForCausalLM.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot load the model: {str(error).splitlines()[0]}") from error
+        raise UserError(f"{path}: cannot load the model: {first_line(error)}") from error
 
 
-def check_torch_only_flags(args) -> None:
+def check_torch_only_flags(framework: str, device: str, dtype: str) -> None:
     """--device and --dtype pick PyTorch's device and weights dtype; the other frameworks run their own default."""
-    if args.device not in ("auto", "cpu"):
-        raise UserError(f"--device {args.device}: only with --framework torch; {args.framework} uses its own default")
-    if args.dtype not in ("auto", "float32"):
-        raise UserError(f"--dtype {args.dtype}: only with --framework torch; {args.framework} keeps the checkpoint's")
+    if device not in ("auto", "cpu"):
+        raise UserError(f"--device {device}: only with --framework torch; {framework} uses its own default")
+    if dtype not in ("auto", "float32"):
+        raise UserError(f"--dtype {dtype}: only with --framework torch; {framework} keeps the checkpoint's")

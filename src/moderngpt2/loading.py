@@ -1,6 +1,7 @@
-"""Load a trained checkpoint (model and tokenizer) for evaluation or generation."""
+"""Read a trained checkpoint: the model and tokenizer for evaluation or generation, or its config alone."""
 
 import os
+from pathlib import Path
 
 from .devices import pick_device, pick_dtype
 from .errors import UserError, first_line
@@ -38,3 +39,21 @@ def load_checkpoint(model_dir: str, device: str = "auto", dtype: str = "auto"):
         raise UserError(f"{model_dir}: cannot load the model: {first_line(error)}") from error
     tokenizer = load_tokenizer(model_dir)
     return model.to(target).eval(), tokenizer
+
+
+def checkpoint_config_fields(path: str) -> dict:
+    """The config fields of a ModernGPT2 checkpoint (a directory or its config.json), or of a Gemma2 one mapped
+    to ModernGPT2's names: what `info` reports on without loading any weights."""
+    from .gemma2_mapping import moderngpt2_config_kwargs, read_gemma2_config
+
+    path = Path(path)
+    config_path = path / "config.json" if path.is_dir() else path
+    if not config_path.is_file():
+        raise UserError(f"{config_path} does not exist; give a checkpoint directory or its config.json")
+    raw = read_json_object(config_path, "checkpoint config")
+    model_type = raw.get("model_type")
+    if model_type == "gemma2":
+        return moderngpt2_config_kwargs(read_gemma2_config(config_path.parent))
+    if model_type != "moderngpt2":
+        raise UserError(f"{config_path}: model_type is {model_type!r}; expected 'moderngpt2' (or 'gemma2')")
+    return {key: value for key, value in raw.items() if key not in ("model_type", "transformers_version", "auto_map")}

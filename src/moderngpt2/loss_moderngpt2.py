@@ -22,22 +22,22 @@ IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 2048
 
 
-def upcast(tensor):
+def upcast(tensor: torch.Tensor) -> torch.Tensor:
     """At least float32 (float64 stays float64): where the loss is computed."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
 
-def softcap(logits, cap):
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
     """`cap * tanh(logits / cap)`: bounds logits smoothly to (-cap, cap)."""
     return cap * torch.tanh(logits / cap)
 
 
-def shifted_targets(labels):
+def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
     """labels (B, S) -> targets (B, S): position t predicts labels[t + 1]; the last position predicts nothing."""
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def causal_targets(labels=None, shift_labels=None):
+def causal_targets(labels: torch.Tensor | None = None, shift_labels: torch.Tensor | None = None) -> torch.Tensor:
     """The flat targets `(B*S,)`: `shift_labels` as they are when given, else `labels` shifted once."""
     if shift_labels is not None:
         return shift_labels.reshape(-1)
@@ -46,7 +46,8 @@ def causal_targets(labels=None, shift_labels=None):
     return shifted_targets(labels).reshape(-1)
 
 
-def normalise_loss(loss_sum, targets, num_items_in_batch=None):
+def normalise_loss(loss_sum: torch.Tensor, targets: torch.Tensor,
+                   num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
     """sum / num_items_in_batch when given (exact gradient accumulation), else the mean over counted targets."""
     if num_items_in_batch is None:
         return loss_sum / (targets != IGNORE_INDEX).sum().clamp(min=1)
@@ -55,7 +56,9 @@ def normalise_loss(loss_sum, targets, num_items_in_batch=None):
     return loss_sum / num_items_in_batch
 
 
-def causal_lm_loss_from_logits(logits, labels=None, num_items_in_batch=None, shift_labels=None):
+def causal_lm_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor | None = None,
+                               num_items_in_batch: int | torch.Tensor | None = None,
+                               shift_labels: torch.Tensor | None = None) -> torch.Tensor:
     """The naive loss: float32 cross-entropy over all logits (B, S, V) at once."""
     targets = causal_targets(labels, shift_labels).to(logits.device)
     loss_sum = F.cross_entropy(upcast(logits).reshape(-1, logits.shape[-1]), targets, ignore_index=IGNORE_INDEX,
@@ -120,8 +123,11 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None, None
 
 
-def fused_linear_cross_entropy(hidden_states, weight, labels=None, final_softcap=None, num_items_in_batch=None,
-                               shift_labels=None, chunk_size=DEFAULT_CHUNK_SIZE):
+def fused_linear_cross_entropy(hidden_states: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor | None = None,
+                               final_softcap: float | None = None,
+                               num_items_in_batch: int | torch.Tensor | None = None,
+                               shift_labels: torch.Tensor | None = None,
+                               chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """The causal LM loss of `softcap(hidden_states @ weight.T)`, never holding the full float32 logits.
 
     hidden_states (B, S, H), weight (V, H). Equal to `causal_lm_loss_from_logits` of the same logits, loss and

@@ -1,44 +1,36 @@
 """ModernGPT2: a GPT-2-class decoder with Gemma2 internals and optional Gemma3n-style per-layer embeddings.
 
-Module names follow Gemma2 (`embed_tokens`, `layers.{i}.self_attn.q_proj`, ..., `norm`), so a Gemma2 state dict
-loads 1:1. This file imports only torch, transformers and its two sibling modules, so it can be saved next to a
-checkpoint and loaded with `trust_remote_code=True` where this package is not installed.
+Laid out as transformers' `modeling_gemma2.py`, with module names following Gemma2 (`embed_tokens`,
+`layers.{i}.self_attn.q_proj`, ..., `norm`), so a Gemma2 state dict loads 1:1. The per-layer embedding modules
+(Gemma3n-style) live in `per_layer_moderngpt2.py`, the attention functions in `attention_moderngpt2.py`. This
+file imports only torch, transformers and its sibling `*_moderngpt2` modules, so it is saved next to a checkpoint
+and loads with `trust_remote_code=True` where this package is not installed.
 """
 
 import dataclasses
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPast,
-    CausalLMOutputWithPast,
-    SequenceClassifierOutputWithPast,
-    TokenClassifierOutput,
-)
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.modeling_outputs import (BaseModelOutputWithPast, CausalLMOutputWithPast,
+                                         SequenceClassifierOutputWithPast, TokenClassifierOutput)
+from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs
 
-from .attention_moderngpt2 import (
-    ATTENTION_BACKENDS,
-    build_attention_masks,
-    check_attention_backend,
-    select_attention_backend,
-)
+from .attention_moderngpt2 import (ATTENTION_FUNCTIONS, AttentionMask, build_attention_masks, is_external_attention,
+                                   resolve_attn_implementation, select_attention_backend)
 from .configuration_moderngpt2 import ModernGPT2Config
-from .loss_moderngpt2 import (
-    DEFAULT_CHUNK_SIZE,
-    causal_lm_loss_from_logits,
-    fused_linear_cross_entropy,
-    softcap,
-    upcast,
-)
+from .loss_moderngpt2 import (DEFAULT_CHUNK_SIZE, causal_lm_loss_from_logits, fused_linear_cross_entropy, softcap,
+                              upcast)
+from .per_layer_moderngpt2 import (ModernGPT2PerLayerEmbedding, ModernGPT2PerLayerGate, ModernGPT2PerLayerProjection,
+                                   check_per_layer_unk_id, checked_per_layer_token_map, default_per_layer_token_map,
+                                   per_layer_ids_for_generation, resized_per_layer_token_map, scaled)
 
 
 # transformers 5.24 renamed the cache argument of forward/generate and the cache field of every output from
@@ -47,27 +39,22 @@ from .loss_moderngpt2 import (
 CACHE_NAME = "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
 
 
-def resolve_cache(cache, past_key_values):
+def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
     """The cache passed under either name: `cache` (transformers >= 5.24) or `past_key_values` (before)."""
     if cache is not None and past_key_values is not None:
         raise ValueError("pass the cache once, as `cache` or as `past_key_values`, not both")
     return past_key_values if cache is None else cache
 
 
-def _scaled(tensor, scale):
-    # The scale is rounded to the activation dtype first, as Gemma2/Gemma3n do (sqrt(768) becomes 27.75 in bf16).
-    return tensor * torch.tensor(scale, dtype=tensor.dtype)
-
-
 class ModernGPT2RMSNorm(nn.Module):
     """RMSNorm computed in float32 with a `(1 + w)` gain, `w` initialised to 0 (Gemma2)."""
 
-    def __init__(self, dim, eps=1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_up = upcast(x)
         normed = x_up * torch.rsqrt(x_up.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * (1.0 + upcast(self.weight))).type_as(x)
@@ -76,13 +63,28 @@ class ModernGPT2RMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
 
 
+class ModernGPT2MLP(nn.Module):
+    """Gated MLP: down(act(gate(x)) * up(x)); GeGLU with the default activation."""
+
+    def __init__(self, config: ModernGPT2Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.down_proj.is_residual_projection = True
+        self.act_fn = ACT2FN[config.activation_function]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
 class ModernGPT2RotaryEmbedding(nn.Module):
     """RoPE (rotate-half). cos/sin are computed for the positions present, with no table, so any position works.
 
     The inverse frequencies are a float32 buffer computed once; non-persistent, so checkpoints do not carry them.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ModernGPT2Config):
         super().__init__()
         self.head_dim = config.head_dim
         self.base = config.rope_theta
@@ -102,173 +104,88 @@ class ModernGPT2RotaryEmbedding(nn.Module):
         return self
 
     @torch.no_grad()
-    def forward(self, x, position_ids):
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[..., None].float() * self.inv_freq.to(position_ids.device)  # (B, S, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, S, D)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
 
-def rotate_half(x):
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Rotates half the hidden dims: (x1, x2) -> (-x2, x1)."""
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rotary_pos_emb(q, k, cos, sin):
+def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k: (B, H, S, D); cos, sin: (B, S, D)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, S, D)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
-class ModernGPT2MLP(nn.Module):
-    """Gated MLP: down(act(gate(x)) * up(x)); GeGLU with the default activation."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.down_proj.is_residual_projection = True
-        self.act_fn = ACT2FN[config.activation_function]
-
-    def forward(self, x):
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-
-
 class ModernGPT2Attention(nn.Module):
     """Grouped-query attention with RoPE, Gemma2 query scaling, optional softcap and sliding window."""
 
-    def __init__(self, config, layer_idx):
+    def __init__(self, config: ModernGPT2Config, layer_idx: int):
         super().__init__()
+        self.config = config
         self.layer_idx = layer_idx
         self.head_dim = config.head_dim
-        self.scaling = config.query_pre_attn_scalar**-0.5
-        self.attn_logit_softcapping = config.attn_logit_softcapping
-        self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
-        self.attention_dropout = config.attention_dropout
-        # What transformers' attention functions read from the module they are given (see `registered_attention`).
-        self.config = config
-        self.is_causal = True
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = config.query_pre_attn_scalar**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
         self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
         self.o_proj.is_residual_projection = True
+        self.attn_logit_softcapping = config.attn_logit_softcapping
+        self.sliding_window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, attn_backend, cache=None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: AttentionMask,
+        attn_backend: str,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         # The head count comes from the projected width, never from the config, so a column-sharded
         # (tensor-parallel) projection simply yields this rank's heads.
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hq, S, D)
-        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
-        query, key = apply_rotary_pos_emb(query, key, *position_embeddings)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hq, S, D)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, Hkv, S, D)
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, *position_embeddings)
         if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)  # (B, Hkv, K, D)
+            key_states, value_states = cache.update(key_states, value_states, self.layer_idx)  # (B, Hkv, K, D)
 
-        quirks = dict(scaling=self.scaling, softcap=self.attn_logit_softcapping, sliding_window=self.sliding_window,
-                      dropout=self.attention_dropout if self.training else 0.0)
-        if attn_backend in ATTENTION_BACKENDS:
-            output, weights = ATTENTION_BACKENDS[attn_backend](query, key, value, attention_mask, **quirks)
-        else:  # a function registered with transformers' AttentionInterface, e.g. by vLLM's Transformers backend
-            output, weights = ALL_ATTENTION_FUNCTIONS[attn_backend](
-                self, query, key, value, attention_mask.dense(self.sliding_window), **quirks, **kwargs
-            )  # (B, S, Hq, D)
-        output = self.o_proj(output.reshape(*input_shape, -1).contiguous())  # (B, S, H)
-        return output, weights
-
-
-class ModernGPT2ScaledWordEmbedding(nn.Embedding):
-    """Token embeddings times `embed_scale` (sqrt(hidden_size)), scaled inside the module as in Gemma2.
-
-    So `inputs_embeds` means what `get_input_embeddings()` returns: `model(inputs_embeds=embed(ids))` equals
-    `model(input_ids=ids)`. The tied LM head reads the raw `weight`.
-    """
-
-    def __init__(self, num_embeddings, embedding_dim, embed_scale):
-        super().__init__(num_embeddings, embedding_dim)
-        self.embed_scale = embed_scale
-
-    def forward(self, input_ids):
-        return _scaled(super().forward(input_ids), self.embed_scale)
-
-
-class PerLayerEmbedding(nn.Embedding):
-    """One table of `V_p x (L * d)`: row t holds token t's d-wide embedding for every layer, scaled by sqrt(d)."""
-
-    def __init__(self, config):
-        super().__init__(config.per_layer_vocab_size, config.num_hidden_layers * config.per_layer_hidden_size)
-        self.num_layers = config.num_hidden_layers
-        self.per_layer_hidden_size = config.per_layer_hidden_size
-
-    def forward(self, per_layer_input_ids):
-        embeds = _scaled(super().forward(per_layer_input_ids), self.per_layer_hidden_size**0.5)
-        return embeds.view(*per_layer_input_ids.shape, self.num_layers, self.per_layer_hidden_size)  # (B, S, L, d)
-
-
-class PerLayerProjection(nn.Module):
-    """Projects the main embeddings to one d-wide input per layer and combines it with the per-layer embeddings.
-
-    P = RMSNorm_d(view(W x_emb * H^-0.5, [B, S, L, d])), then with E the per-layer embeddings:
-    `scaled_add`: (P + E) * 2^-0.5 (Gemma3n); `concat`: a per-layer linear 2d -> d on [P; E];
-    `gated`: sigmoid(g) * P + (1 - sigmoid(g)) * E with learned per-layer, per-channel logits g.
-    Without per-layer embeddings (only `inputs_embeds` given), P alone, as in Gemma3n.
-    """
-
-    def __init__(self, config):
-        super().__init__()
-        self.hidden_size = config.hidden_size
-        self.num_layers = config.num_hidden_layers
-        self.per_layer_hidden_size = d = config.per_layer_hidden_size
-        self.combination_method = config.per_layer_combination_method
-        self.proj = nn.Linear(config.hidden_size, self.num_layers * d, bias=False)
-        self.norm = ModernGPT2RMSNorm(d, eps=config.rms_norm_eps)
-        if self.combination_method == "concat":
-            self.combine_weight = nn.Parameter(torch.empty(self.num_layers, 2 * d, d))
-        elif self.combination_method == "gated":
-            self.gate_logits = nn.Parameter(torch.zeros(self.num_layers, d))
-
-    def forward(self, inputs_embeds, per_layer_embeds):
-        projected = _scaled(self.proj(inputs_embeds), self.hidden_size**-0.5)
-        projected = self.norm(projected.view(*inputs_embeds.shape[:-1], self.num_layers, -1))  # (B, S, L, d)
-        if per_layer_embeds is None:
-            return projected
-        if self.combination_method == "scaled_add":
-            return _scaled(projected + per_layer_embeds, 2.0**-0.5)
-        if self.combination_method == "concat":
-            both = torch.cat((projected, per_layer_embeds), dim=-1)  # (B, S, L, 2d)
-            return torch.einsum("bsle,led->bsld", both, self.combine_weight.to(both.dtype))  # (B, S, L, d)
-        mix = self.mixing_weights().to(projected.dtype)  # (L, d)
-        return mix * projected + (1.0 - mix) * per_layer_embeds
-
-    def mixing_weights(self):
-        """`gated` only: sigmoid(g), the share of the projected main embedding per layer and channel, (L, d)."""
-        if self.combination_method != "gated":
-            return None
-        return torch.sigmoid(self.gate_logits)
-
-
-class PerLayerGate(nn.Module):
-    """h <- h + RMSNorm_H(W_up(act(W_gate h) * p_i)): injects layer i's per-layer input into the residual stream."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.per_layer_hidden_size, bias=False)
-        self.up_proj = nn.Linear(config.per_layer_hidden_size, config.hidden_size, bias=False)
-        self.norm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.act_fn = ACT2FN[config.per_layer_gate_activation]
-        self.dropout = nn.Dropout(config.per_layer_projection_dropout)
-
-    def forward(self, hidden_states, per_layer_input):
-        gated = self.act_fn(self.gate_proj(hidden_states)) * self.dropout(per_layer_input)  # (B, S, d)
-        return hidden_states + self.norm(self.up_proj(gated))
+        attention_interface = ATTENTION_FUNCTIONS[attn_backend]
+        if is_external_attention(attn_backend):  # registered from outside, e.g. by vLLM: a boolean mask tensor
+            attention_mask = attention_mask.dense(self.sliding_window)
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            softcap=self.attn_logit_softcapping,
+            **kwargs,
+        )  # (B, S, Hq, D)
+        attn_output = self.o_proj(attn_output.reshape(*input_shape, -1).contiguous())  # (B, S, H)
+        return attn_output, attn_weights
 
 
 class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
     """Sandwich-norm block: h = x + norm(attn(norm(x))); out = h + norm(mlp(norm(h))); PLE gate first if enabled."""
 
-    def __init__(self, config, layer_idx):
+    def __init__(self, config: ModernGPT2Config, layer_idx: int):
         super().__init__()
         self.attention_type = config.layer_types[layer_idx]
         self.self_attn = ModernGPT2Attention(config, layer_idx)
@@ -278,14 +195,26 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
         self.pre_feedforward_layernorm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_feedforward_layernorm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
-        self.per_layer_gate = PerLayerGate(config) if config.use_per_layer_embedding else None
+        self.per_layer_gate = None
+        if config.use_per_layer_embedding:
+            self.per_layer_gate = ModernGPT2PerLayerGate(
+                config, norm=ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+            )
 
-    def forward(self, hidden_states, per_layer_input=None, attention_mask=None, attn_backend="eager",
-                position_embeddings=None, cache=None, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        per_layer_input: torch.Tensor | None = None,
+        attention_mask: AttentionMask | None = None,
+        attn_backend: str = "eager",
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         if self.per_layer_gate is not None:
             hidden_states = self.per_layer_gate(hidden_states, per_layer_input)
         residual = hidden_states
-        hidden_states, attn_weights = self.self_attn(
+        hidden_states, _ = self.self_attn(
             self.input_layernorm(hidden_states),
             position_embeddings=position_embeddings,
             attention_mask=attention_mask,
@@ -296,21 +225,22 @@ class ModernGPT2DecoderLayer(GradientCheckpointingLayer):
         hidden_states = residual + self.resid_dropout(self.post_attention_layernorm(hidden_states))
         residual = hidden_states
         hidden_states = self.mlp(self.pre_feedforward_layernorm(hidden_states))
-        hidden_states = residual + self.resid_dropout(self.post_feedforward_layernorm(hidden_states))
-        return hidden_states, attn_weights
+        return residual + self.resid_dropout(self.post_feedforward_layernorm(hidden_states))
 
 
-def registered_attention(name) -> bool:
-    """True for an attention function registered with transformers' AttentionInterface from outside transformers.
+class ModernGPT2ScaledWordEmbedding(nn.Embedding):
+    """Token embeddings times `embed_scale` (sqrt(hidden_size)), scaled inside the module as in Gemma2.
 
-    It is called like transformers' own: `(module, query, key, value, attention_mask, *, scaling, dropout,
-    softcap, sliding_window, **kwargs)` with a boolean mask `(B or 1, 1, Q, K)`, True where a query may
-    attend. transformers' built-in functions expect their own mask formats, so this package's backends
-    stand in for those names.
+    So `inputs_embeds` means what `get_input_embeddings()` returns: `model(inputs_embeds=embed(ids))` equals
+    `model(input_ids=ids)`. The tied LM head reads the raw `weight`.
     """
-    if not isinstance(name, str) or name in ATTENTION_BACKENDS or name not in ALL_ATTENTION_FUNCTIONS.valid_keys():
-        return False
-    return not getattr(ALL_ATTENTION_FUNCTIONS[name], "__module__", "").startswith("transformers.")
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, embed_scale: float):
+        super().__init__(num_embeddings, embedding_dim)
+        self.embed_scale = embed_scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return scaled(super().forward(input_ids), self.embed_scale)
 
 
 class ModernGPT2PreTrainedModel(PreTrainedModel):
@@ -323,12 +253,16 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
-    # Attention runs through this package's backends (`attention_moderngpt2.py`), or through any function
-    # registered with transformers' AttentionInterface under another name (vLLM's Transformers backend).
+    # Attention runs through `attention_moderngpt2.ATTENTION_FUNCTIONS`: ours, or any function registered with
+    # transformers' AttentionInterface under another name (vLLM's Transformers backend).
     _supports_attention_backend = True
+    _can_record_outputs = {
+        "hidden_states": ModernGPT2DecoderLayer,
+        "attentions": ModernGPT2Attention,
+    }
 
     @torch.no_grad()
-    def _init_weights(self, module):
+    def _init_weights(self, module: nn.Module):
         """normal(0, std) everywhere, residual output projections std / sqrt(2 L), RMSNorm gains 0."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
@@ -344,48 +278,37 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, ModernGPT2RotaryEmbedding):
             # non-persistent, so never loaded: from_pretrained materialises it empty and relies on this
             init.copy_(module.inv_freq, module.compute_inv_freq(module.inv_freq.device))
-        elif isinstance(module, PerLayerProjection):
-            if module.combination_method == "concat":
-                # [I; I] * 2^-0.5 makes `concat` start exactly where `scaled_add` is, then learn from there.
-                eye = torch.eye(module.per_layer_hidden_size) * 2.0**-0.5
-                init.copy_(module.combine_weight, torch.cat((eye, eye)).expand_as(module.combine_weight))
-            elif module.combination_method == "gated":
-                init.zeros_(module.gate_logits)  # sigmoid(0) = 0.5: an even mix at the start
+        elif isinstance(module, ModernGPT2PerLayerProjection):
+            module.init_combination()
         elif isinstance(module, ModernGPT2Model) and module.config.use_per_layer_embedding:
             init.copy_(module.per_layer_token_map, default_per_layer_token_map(module.config))
 
     @classmethod
-    def _can_set_attn_implementation(cls):
+    def _can_set_attn_implementation(cls) -> bool:
         return True
 
     def _check_and_adjust_attn_implementation(self, attn_implementation, is_init_check=False, **kwargs):
         return self.get_correct_attn_implementation(attn_implementation, is_init_check)
 
-    def get_correct_attn_implementation(self, requested_attention, is_init_check=False):
-        """Validate a requested backend, or pick one automatically when none is requested.
-
-        The automatic choice is re-made for every forward by `select_attention_backend` (device, decode step or
-        not, training); `config._attn_implementation` then shows the CPU choice. An explicit request is always
-        honoured, or refused with a ValueError naming the setting.
-        """
-        config = self.config
-        still_automatic = getattr(config, "_attn_implementation_autoset", False) and (
-            requested_attention == config._attn_implementation
-        )
-        if requested_attention is None or still_automatic:
-            config._attn_implementation_autoset = True
-            return select_attention_backend(config, "cpu", query_length=None, has_cache=False, training=False)
-        if not registered_attention(requested_attention):
-            check_attention_backend(requested_attention, config)
-        config._attn_implementation_autoset = False
-        return requested_attention
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """An explicit request is honoured or refused with a ValueError naming the setting; without one the choice
+        is automatic, per forward (`attention_moderngpt2.select_attention_backend`)."""
+        return resolve_attn_implementation(self.config, requested_attention)
 
     def set_attn_implementation(self, attn_implementation, *args, **kwargs):
         if isinstance(attn_implementation, str):
-            self.config._attn_implementation_autoset = False  # an explicit choice, even if it equals the automatic one
+            self.config.attn_implementation_is_automatic = False  # explicit, even if it equals the automatic one
         return super().set_attn_implementation(attn_implementation, *args, **kwargs)
 
-    def set_per_layer_token_map(self, token_map):
+    def attention_backend(self, device, query_length: int | None = None, has_cache: bool = False,
+                          document_mask: bool = False, attention_weights: bool = False) -> str:
+        """The backend a forward on `device` uses: a full sequence by default, `query_length=1, has_cache=True`
+        for a decode step, `document_mask=True` with document ids, `attention_weights=True` for
+        `output_attentions` (see `select_attention_backend`)."""
+        return select_attention_backend(self.config, torch.device(device).type, query_length, has_cache,
+                                        self.training, document_mask, attention_weights)
+
+    def set_per_layer_token_map(self, token_map) -> None:
         """Install a main-id -> per-layer-id map: vocab_size integers in [0, per_layer_vocab_size).
 
         Available on the base model and every head; the map is a persistent buffer of the base model, so it is
@@ -393,25 +316,12 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         """
         if not self.config.use_per_layer_embedding:
             raise ValueError("set_per_layer_token_map needs a model built with use_per_layer_embedding=True")
-        token_map = torch.as_tensor(token_map)
-        if token_map.dim() != 1 or token_map.shape[0] != self.config.vocab_size:
-            raise ValueError(
-                f"per-layer token map has shape {tuple(token_map.shape)}; it needs one entry per main token id, "
-                f"shape ({self.config.vocab_size},)"
-            )
-        if token_map.is_floating_point() or token_map.is_complex() or token_map.dtype == torch.bool:
-            raise ValueError(f"per-layer token map must hold integer ids, got dtype {token_map.dtype}")
-        low, high = int(token_map.min()), int(token_map.max())
-        if low < 0 or high >= self.config.per_layer_vocab_size:
-            raise ValueError(
-                f"per-layer token map holds ids in [{low}, {high}]; they must lie in "
-                f"[0, per_layer_vocab_size={self.config.per_layer_vocab_size})"
-            )
+        token_map = checked_per_layer_token_map(token_map, self.config.vocab_size, self.config.per_layer_vocab_size)
         with torch.no_grad():
-            self.base_model.per_layer_token_map.copy_(token_map.to(torch.long))
+            self.base_model.per_layer_token_map.copy_(token_map)
 
-    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True,
-                                per_layer_unk_id=None):
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True, per_layer_unk_id: int | None = None) -> nn.Embedding:
         """transformers' resize, keeping the per-layer token map one entry per main id.
 
         Shrinking truncates the map. New main ids map to `per_layer_unk_id` when given; otherwise to what
@@ -420,12 +330,7 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         """
         if not self.config.use_per_layer_embedding:
             return super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        size = self.config.per_layer_vocab_size
-        if per_layer_unk_id is not None and not (isinstance(per_layer_unk_id, int) and 0 <= per_layer_unk_id < size):
-            raise ValueError(
-                f"per_layer_unk_id={per_layer_unk_id!r} must be a row of the per-layer table, an integer in "
-                f"[0, per_layer_vocab_size={size})"
-            )
+        check_per_layer_unk_id(per_layer_unk_id, self.config.per_layer_vocab_size)  # before anything changes
         embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         base = self.base_model
         base.per_layer_token_map = resized_per_layer_token_map(
@@ -433,46 +338,9 @@ class ModernGPT2PreTrainedModel(PreTrainedModel):
         )
         return embeddings
 
-    def attention_backend(self, device, query_length=None, has_cache=False, document_mask=False):
-        """The backend a forward on `device` uses: a full sequence by default, `query_length=1, has_cache=True`
-        for a decode step, `document_mask=True` with document ids (see `select_attention_backend`)."""
-        return select_attention_backend(self.config, torch.device(device).type, query_length, has_cache,
-                                        self.training, document_mask)
-
-
-def gemma3n_per_layer_ids(main_ids, per_layer_vocab_size):
-    """Gemma3n's rule: a main id below per_layer_vocab_size is its own per-layer id, any other id maps to row 0."""
-    return torch.where(main_ids < per_layer_vocab_size, main_ids, torch.zeros_like(main_ids))
-
-
-def default_per_layer_token_map(config):
-    """The map a fresh model starts with: Gemma3n's rule for every main id."""
-    return gemma3n_per_layer_ids(torch.arange(config.vocab_size, dtype=torch.long), config.per_layer_vocab_size)
-
-
-def resized_per_layer_token_map(token_map, new_size, per_layer_vocab_size, unk_id=None):
-    """`token_map` cut or extended to `new_size` main ids.
-
-    Extension rows: `unk_id` when given; else Gemma3n's rule when the map is still Gemma3n's (so the result is
-    the default map of the new size); else the map's unknown row, taken to be the row most main ids share (a
-    per-layer vocabulary gives each chosen token a row of its own and sends every other token to its unknown row).
-    """
-    old_size = token_map.shape[0]
-    if new_size <= old_size:
-        return token_map[:new_size].clone()
-    new_ids = torch.arange(old_size, new_size, dtype=torch.long, device=token_map.device)
-    old_ids = torch.arange(old_size, dtype=torch.long, device=token_map.device)
-    if unk_id is None and torch.equal(token_map, gemma3n_per_layer_ids(old_ids, per_layer_vocab_size)):
-        extension = gemma3n_per_layer_ids(new_ids, per_layer_vocab_size)
-    else:
-        if unk_id is None:
-            unk_id = int(torch.bincount(token_map).argmax())  # ties: the lowest row
-        extension = torch.full_like(new_ids, unk_id)
-    return torch.cat((token_map, extension))
-
 
 class ModernGPT2Model(ModernGPT2PreTrainedModel):
-    def __init__(self, config):
+    def __init__(self, config: ModernGPT2Config):
         super().__init__(config)
         self.embed_tokens = ModernGPT2ScaledWordEmbedding(
             config.vocab_size, config.hidden_size, embed_scale=config.hidden_size**0.5
@@ -482,48 +350,55 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
         self.norm = ModernGPT2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = ModernGPT2RotaryEmbedding(config)
         if config.use_per_layer_embedding:
-            self.embed_tokens_per_layer = PerLayerEmbedding(config)
-            self.per_layer_projection = PerLayerProjection(config)
+            self.embed_tokens_per_layer = ModernGPT2PerLayerEmbedding(config)
+            self.per_layer_projection = ModernGPT2PerLayerProjection(
+                config, norm=ModernGPT2RMSNorm(config.per_layer_hidden_size, eps=config.rms_norm_eps)
+            )
             # main id -> per-layer id; persistent, so it travels in the checkpoint and generation needs nothing extra
             self.register_buffer("per_layer_token_map", default_per_layer_token_map(config), persistent=True)
         self.gradient_checkpointing = False
         self.post_init()
 
-    def map_per_layer_ids(self, input_ids):
+    def map_per_layer_ids(self, input_ids: torch.LongTensor) -> torch.LongTensor:
         """Per-layer ids of main token ids through the stored token map."""
         return self.per_layer_token_map[input_ids]
 
-    @can_return_tuple
+    def per_layer_inputs(self, input_ids, inputs_embeds, per_layer_input_ids):
+        """(B, S, L, d): each layer's per-layer input; the projection alone with only `inputs_embeds` (Gemma3n)."""
+        if per_layer_input_ids is None and input_ids is not None:
+            per_layer_input_ids = self.map_per_layer_ids(input_ids)
+        per_layer_embeds = None
+        if per_layer_input_ids is not None:
+            per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
+        return self.per_layer_projection(inputs_embeds, per_layer_embeds)
+
+    @capture_outputs
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        cache=None,
-        inputs_embeds=None,
-        per_layer_input_ids=None,
-        use_cache=None,
-        output_attentions=None,
-        output_hidden_states=None,
-        document_ids=None,
-        past_key_values=None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        per_layer_input_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        document_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
-    ):
+    ) -> BaseModelOutputWithPast:
         r"""
+        per_layer_input_ids: (B, S) explicit per-layer ids; by default mapped from `input_ids` (the token map).
         document_ids: (B, S) integers for packed sequences: a position attends only to earlier positions with the
             same id, so documents packed into one row do not see each other. RoPE positions are not restarted per
             document: attention scores depend only on relative positions, so each document's outputs equal those
             of a forward over it alone. For forwards without cached content (training, evaluation, scoring).
+        use_cache: defaults to `config.use_cache` outside training; training never builds a cache.
         """
         cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
         if use_cache is None:
-            use_cache = self.config.use_cache and not self.training  # training never reads a cache
+            use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and cache is None:
@@ -538,47 +413,28 @@ class ModernGPT2Model(ModernGPT2PreTrainedModel):
 
         per_layer_inputs = None
         if self.config.use_per_layer_embedding:
-            if per_layer_input_ids is None and input_ids is not None:
-                per_layer_input_ids = self.map_per_layer_ids(input_ids)
-            # only inputs_embeds: no per-layer embedding term, the projection alone (Gemma3n)
-            per_layer_embeds = None
-            if per_layer_input_ids is not None:
-                per_layer_embeds = self.embed_tokens_per_layer(per_layer_input_ids)  # (B, S, L, d)
-            per_layer_inputs = self.per_layer_projection(inputs_embeds, per_layer_embeds)  # (B, S, L, d)
+            per_layer_inputs = self.per_layer_inputs(input_ids, inputs_embeds, per_layer_input_ids)  # (B, S, L, d)
 
+        wants_weights = kwargs.get("output_attentions", self.config.output_attentions)
         attn_backend = self.attention_backend(inputs_embeds.device, seq_len, cache is not None,
-                                              document_ids is not None)
+                                              document_ids is not None, bool(wants_weights))
         masks = build_attention_masks(self.config.layer_types, attention_mask, cache, past_seen, seq_len,
                                       inputs_embeds.device, document_ids)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
         hidden_states = self.embed_dropout(inputs_embeds)
 
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for i, layer in enumerate(self.layers):
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states, attn_weights = layer(
+        for i, decoder_layer in enumerate(self.layers):
+            hidden_states = decoder_layer(
                 hidden_states,
                 None if per_layer_inputs is None else per_layer_inputs[:, :, i, :],
-                attention_mask=masks[layer.attention_type],
+                attention_mask=masks[decoder_layer.attention_type],
                 attn_backend=attn_backend,
                 position_embeddings=position_embeddings,
                 cache=cache,
                 **kwargs,
             )
-            if output_attentions:
-                all_attentions += (attn_weights,)
         hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            **{CACHE_NAME: cache if use_cache else None},
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_NAME: cache if use_cache else None})
 
 
 class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
@@ -589,51 +445,37 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
     # Positions per loss chunk: bounds the float32 logits held at once to loss_chunk_size x vocab_size.
     loss_chunk_size = DEFAULT_CHUNK_SIZE
 
-    def __init__(self, config):
+    def __init__(self, config: ModernGPT2Config):
         super().__init__(config)
         self.model = ModernGPT2Model(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def compute_logits(self, hidden_states, for_loss=False):
-        """LM head then the final softcap; for the loss, upcast to float32 before the softcap."""
-        logits = self.lm_head(hidden_states)
-        if for_loss:
-            logits = upcast(logits)
-        if self.config.final_logit_softcapping is not None:
-            logits = softcap(logits, self.config.final_logit_softcapping)
-        return logits
-
     @can_return_tuple
     def forward(
         self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        cache=None,
-        inputs_embeds=None,
-        per_layer_input_ids=None,
-        labels=None,
-        use_cache=None,
-        logits_to_keep=0,
-        num_items_in_batch=None,
-        return_logits=None,
-        past_key_values=None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        per_layer_input_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | slice | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        return_logits: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
-    ):
+    ) -> CausalLMOutputWithPast:
         r"""
         labels: token ids, shifted inside (position t predicts labels[t + 1]); -100 is ignored.
-        shift_labels (keyword): targets already shifted (transformers' convention, used by context parallelism):
-            position t predicts shift_labels[t]. When given they are used as they are, and `labels` is not shifted
-            again. It is read from `kwargs`, as in transformers' own models: the Trainer treats every named forward
-            parameter containing "label" as a label column, and would then compute no eval loss without it.
-        num_items_in_batch: when given (the Trainer does), the loss is sum / num_items_in_batch, so gradient
-            accumulation over micro-batches is exact; otherwise the mean over non-ignored tokens.
-        return_logits: with labels, the loss is the fused linear cross-entropy (LM head, softcap and loss in
-            chunks of `loss_chunk_size` positions, gradients computed in the forward) without ever holding the
-            full float32 logits, and `logits` is None. Pass `return_logits=True` to get them as well (the naive
-            path). Without labels, logits are always returned.
+        shift_labels (in `kwargs`, as in transformers, so the Trainer does not take it for a label column): targets
+            already shifted (context parallelism); position t predicts shift_labels[t].
+        num_items_in_batch: the loss is sum / num_items_in_batch (exact gradient accumulation); else the mean.
+        return_logits: with labels, the loss is fused with the LM head in chunks of `loss_chunk_size` positions
+            (`loss_moderngpt2.py`) and `logits` is None; `return_logits=True` computes the logits too (naive path).
         """
         shift_labels = kwargs.pop("shift_labels", None)
         wants_loss = labels is not None or shift_labels is not None
@@ -655,7 +497,9 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         loss = logits = None
         if return_logits or (wants_loss and self.lm_head_is_distributed()):
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-            logits = self.compute_logits(hidden_states[:, keep, :])
+            logits = self.lm_head(hidden_states[:, keep, :])
+            if self.config.final_logit_softcapping is not None:
+                logits = softcap(logits, self.config.final_logit_softcapping)
             if wants_loss:
                 loss = causal_lm_loss_from_logits(logits, labels, num_items_in_batch, shift_labels)
         elif wants_loss:
@@ -671,7 +515,7 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
-    def lm_head_is_distributed(self):
+    def lm_head_is_distributed(self) -> bool:
         """Whether a tensor-parallel plan hooks the LM head: its weight is then one shard of the vocabulary, and
         the loss needs the gathered logits the hooked head returns (the naive path)."""
         return bool(self.lm_head._forward_hooks or self.lm_head._forward_pre_hooks)
@@ -680,16 +524,11 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
         # Everything else (the cache among it, under whichever name this transformers uses) passes through untouched.
         model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         if per_layer_input_ids is not None:
-            # Explicit ids cover the prompt; the tokens generated after it are mapped like any other token.
-            total = input_ids.shape[1] + (inputs_embeds.shape[1] if inputs_embeds is not None else 0)
-            missing = total - per_layer_input_ids.shape[1]
-            if missing > 0:
-                new_ids = self.model.map_per_layer_ids(input_ids[:, -missing:]).to(per_layer_input_ids.device)
-                per_layer_input_ids = torch.cat((per_layer_input_ids, new_ids), dim=1)
             current = model_inputs.get("input_ids")
-            if current is None:
-                current = model_inputs["inputs_embeds"]
-            model_inputs["per_layer_input_ids"] = per_layer_input_ids[:, -current.shape[1] :]
+            current_length = (current if current is not None else model_inputs["inputs_embeds"]).shape[1]
+            model_inputs["per_layer_input_ids"] = per_layer_ids_for_generation(
+                per_layer_input_ids, input_ids, inputs_embeds, self.model.per_layer_token_map, current_length
+            )
         return model_inputs
 
     def create_masks_for_generate(self, attention_mask=None, **kwargs):
@@ -700,10 +539,13 @@ class ModernGPT2ForCausalLM(ModernGPT2PreTrainedModel, GenerationMixin):
 class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):
     """The base model with a linear `score` layer on every position; what the two classification heads share.
 
-    A `classifier_dropout` attribute on the config (not a field of ours; absent means 0) is applied before `score`.
+    Not transformers' GenericFor*Classification: ours pool the last *attended* token, so batches classify without
+    a pad token (GPT-2-style tokenizers have none; the generic head refuses batches then), and the token head keeps
+    a bias-free `score` and no dropout by default (the generic one adds a bias and 0.1 dropout, which would change
+    checkpoints). A `classifier_dropout` attribute on the config, if any, is applied before `score`.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: ModernGPT2Config):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = ModernGPT2Model(config)
@@ -712,14 +554,20 @@ class ModernGPT2ScoringModel(ModernGPT2PreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
-                inputs_embeds=None, per_layer_input_ids=None, labels=None, use_cache=None, past_key_values=None,
-                **kwargs):
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        per_layer_input_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast | TokenClassifierOutput:
+        """`kwargs` reach the base model (`cache`/`past_key_values`, `use_cache`, `output_*`)."""
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            cache=resolve_cache(cache, past_key_values), inputs_embeds=inputs_embeds,
-            per_layer_input_ids=per_layer_input_ids,
-            use_cache=use_cache, **kwargs,
+            inputs_embeds=inputs_embeds, per_layer_input_ids=per_layer_input_ids, **kwargs,
         )
         logits = self.score(self.dropout(outputs.last_hidden_state))  # (B, S, num_labels)
         return self.head_output(outputs, logits, labels, input_ids, attention_mask)

@@ -1,4 +1,4 @@
-"""`moderngpt2 configs`: the DeepSpeed, Accelerate and training configs that ship inside the package.
+"""The DeepSpeed, Accelerate and training configs that ship inside the package (`moderngpt2 configs`).
 
 They are package data, so they are reachable after `pip install` from any directory: `train --deepspeed
 zero2` names one directly, and `moderngpt2 configs --copy` writes them all into ./configs (the Accelerate
@@ -9,13 +9,10 @@ files refer to the DeepSpeed ones as `configs/...`, so launch from the directory
     moderngpt2 configs --copy mydir --name zero2
 """
 
-import argparse
 import os
 import shutil
 from importlib import resources
 
-from .argparsing import CommandParser
-from .data.arguments import add_flag
 from .errors import UserError
 from .fileio import make_directory, user_error_from
 
@@ -29,6 +26,7 @@ def config_directory():
 
 
 def shipped_files() -> list[str]:
+    """File names of the shipped configs, sorted."""
     return sorted(entry.name for entry in config_directory().iterdir()
                   if entry.is_file() and entry.name.endswith((".json", ".yaml")))
 
@@ -42,32 +40,20 @@ def shipped_path(name: str) -> str:
     return os.fspath(config_directory() / file_name)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="moderngpt2 configs", description=__doc__.splitlines()[0])
-    add_flag(parser, "--copy", nargs="?", const="configs", default=None, metavar="DIR",
-             help="copy the configs into DIR (default ./configs); existing files are kept unless --overwrite")
-    add_flag(parser, "--name", nargs="+", default=None, help="only these configs (file or short names)")
-    add_flag(parser, "--overwrite", action="store_true", help="replace files of the same name in DIR")
-    return parser
+def copy_shipped(names: list[str], directory: str, overwrite: bool = False) -> list[str]:
+    """Copy the shipped configs `names` into `directory`; returns the written paths.
 
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    names = [os.path.basename(shipped_path(name)) for name in args.name] if args.name else shipped_files()
-    if args.copy is None:
-        short = {file_name: name for name, file_name in DEEPSPEED_NAMES.items()}
-        for name in names:
-            alias = f"  (train --deepspeed {short[name]})" if name in short else ""
-            print(f"{shipped_path(name)}{alias}")
-        return 0
-    make_directory(args.copy, "--copy")
-    kept = [name for name in names if os.path.exists(os.path.join(args.copy, name)) and not args.overwrite]
+    Nothing is written when a file of the same name is there already (unless `overwrite`)."""
+    make_directory(directory, "--copy")
+    kept = [name for name in names if os.path.exists(os.path.join(directory, name)) and not overwrite]
     if kept:
-        raise UserError(f"{args.copy} already holds {', '.join(kept)}; pass --overwrite to replace them")
+        raise UserError(f"{directory} already holds {', '.join(kept)}; pass --overwrite to replace them")
+    written = []
     for name in names:
+        target = os.path.join(directory, name)
         try:
-            shutil.copyfile(shipped_path(name), os.path.join(args.copy, name))
+            shutil.copyfile(shipped_path(name), target)
         except OSError as error:
-            raise user_error_from(error, args.copy) from None
-        print(os.path.join(args.copy, name))
-    return 0
+            raise user_error_from(error, directory) from None
+        written.append(target)
+    return written

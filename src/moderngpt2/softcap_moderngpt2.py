@@ -53,7 +53,7 @@ if not hasattr(torch.ops.moderngpt2, "softcap_tanh"):
 
 
 @functools.cache
-def register_inductor_lowering():
+def register_inductor_lowering() -> bool:
     """Lower the op to `tanh.approx.f32` in Inductor's Triton code; False where this torch cannot.
 
     Deferred to the first CUDA use: importing Inductor costs seconds and the CPU never needs it.
@@ -75,12 +75,12 @@ def hardware_tanh_element(x):
     return ops.inline_asm_elementwise(x, asm=PTX_TANH, dtype=torch.float32, is_pure=True, pack=1)
 
 
-def has_hardware_tanh(device_type):
+def has_hardware_tanh(device_type: str) -> bool:
     """Whether `tanh.approx.f32` exists on this device type: NVIDIA CUDA only (ROCm also reports 'cuda')."""
     return device_type == "cuda" and torch.version.hip is None
 
 
-def softcap_tanh_function(device_type, dtype):
+def softcap_tanh_function(device_type: str, dtype: torch.dtype):
     """The tanh the attention softcap uses for `dtype` inputs on `device_type`: the hardware approximation for
     16-bit inputs where it exists (and its lowering can be registered), plain `torch.tanh` elsewhere."""
     if has_hardware_tanh(device_type) and dtype.itemsize == 2 and register_inductor_lowering():

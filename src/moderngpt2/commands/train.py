@@ -1,3 +1,8 @@
-"""Placeholder while the command moves here: forwards to the module that still parses it."""
+"""`moderngpt2 train`: pretrain a model with the Hugging Face Trainer (see moderngpt2.training.train)."""
 
-from ..training.train import main  # noqa: F401
+from ..training.arguments import parse_arguments
+from ..training.train import train
+
+
+def main(argv: list[str]) -> int:
+    return train(parse_arguments(argv), command_argv=list(argv))

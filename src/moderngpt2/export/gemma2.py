@@ -2,8 +2,8 @@
 
 Without per-layer embeddings ModernGPT2 is Gemma2 with a few settings free (softcaps off, any layer pattern,
 any query scale), all of which Gemma2's config can state. The export is the converter (`convert.py`) run
-backwards: the same field and tensor maps, the same shard-by-shard copy, the same all-or-nothing write. The
-result needs no remote code, so every engine that runs Gemma2 (vLLM, TGI, MLX, llama.cpp's converter) runs it.
+backwards: the same field and tensor maps (`gemma2_mapping.py`), the same shard-by-shard copy, the same
+all-or-nothing write. The result needs no remote code, so every engine that runs Gemma2 (vLLM, TGI, MLX, llama.cpp's converter) runs it.
 """
 
 import json
@@ -11,17 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ..convert import (
-    CONFIG_MAP,
-    check_tensor_names,
-    read_checkpoint_config,
-    shard_files,
-    staged_output,
-    stored_dtype,
-    to_gemma2_key,
-    write_shards,
-)
+from ..convert import check_tensor_names, shard_files, staged_output, stored_dtype, write_shards
 from ..errors import UserError
+from ..fileio import write_json
+from ..gemma2_mapping import gemma2_config_kwargs, read_checkpoint_config, to_gemma2_key
 from .hub_files import save_generation_config, save_portable_tokenizer
 
 PER_LAYER_REFUSAL = (
@@ -57,7 +50,7 @@ def gemma2_config(config, dtype: torch.dtype):
     """
     from transformers import Gemma2Config
 
-    kwargs = {theirs: getattr(config, ours) for theirs, ours in CONFIG_MAP.items()}
+    kwargs = gemma2_config_kwargs(config)
     if kwargs["sliding_window"] is None:
         kwargs["sliding_window"] = config.n_positions
     kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": float(config.rope_theta)}
@@ -83,7 +76,7 @@ def write_gemma2_config(exported_config, out: Path) -> None:
     path = out / "config.json"
     data = json.loads(path.read_text())
     data.setdefault("rope_theta", exported_config.rope_parameters["rope_theta"])
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_json(path, data, sort_keys=True)
 
 
 def load_checkpoint_tokenizer(src: Path):
@@ -97,7 +90,7 @@ def load_checkpoint_tokenizer(src: Path):
 
 def gemma2_model_card(config, src: Path) -> str:
     """README.md of the export: how to load it without remote code, its size, and the source's training record."""
-    from ..info import count_parameters, format_counts
+    from ..parameter_counts import count_parameters, format_counts
 
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [gemma2, moderngpt2]",
              "---", "", "# Gemma2ForCausalLM exported from ModernGPT2", "",

@@ -7,6 +7,8 @@ found on a hub behaves the same whichever way it was produced.
 import json
 from pathlib import Path
 
+from ..fileio import write_json
+
 # Written by transformers 5 and unknown to (or misread by) transformers 4; the portable names replace them.
 _TRANSFORMERS5_ONLY = ("backend", "extra_special_tokens")
 
@@ -30,7 +32,7 @@ def save_portable_tokenizer(tokenizer, out, model_max_length: int) -> None:
     config["model_max_length"] = model_max_length
     if extra:
         config["additional_special_tokens"] = extra
-    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(config_path, config, ensure_ascii=False)
 
 
 def save_generation_config(config, out, tokenizer=None) -> None:

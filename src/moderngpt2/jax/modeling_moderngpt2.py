@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+
+from ..fileio import write_numpy_checkpoint
 
 # ------------------------------------------------------------------------------------------------ configuration
 
@@ -392,7 +394,6 @@ class ModernGPT2ForCausalLM(nnx.Module):
 
     def save_pretrained(self, path):
         """Write config.json and model.safetensors that PyTorch `AutoModelForCausalLM` loads (tied head left out)."""
-        os.makedirs(path, exist_ok=True)
         tensors = {}
         for key, variable in nnx.to_flat_state(nnx.state(self)):
             array = np.asarray(variable[...])
@@ -403,9 +404,7 @@ class ModernGPT2ForCausalLM(nnx.Module):
                   "architectures": ["ModernGPT2ForCausalLM"]}
         config.pop("auto_map", None)  # the remote-code files are not written next to these weights
         config["dtype"] = str(np.dtype(self.model.embed_tokens.embedding[...].dtype))
-        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-        with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
-            json.dump(config, handle, indent=2, sort_keys=True)
+        write_numpy_checkpoint(path, config, tensors)
 
     # ----------------------------------------------------------------------------------------- inference
 

@@ -14,7 +14,7 @@ import numpy as np
 from keras import ops
 
 from ..errors import UserError
-from .modeling_moderngpt2 import positions_from_mask
+from .positions import positions_from_mask
 
 
 def compiled(function):

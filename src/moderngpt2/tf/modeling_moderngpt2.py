@@ -11,7 +11,6 @@ This file imports only keras, numpy, safetensors and the package's error and JSO
 transformers); it reads `config.json` itself.
 """
 
-import json
 import math
 import os
 
@@ -19,10 +18,12 @@ import keras
 import numpy as np
 from keras import ops
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from ..errors import UserError
+from ..fileio import write_numpy_checkpoint
 from ..jsonfile import read_json_object
+from .positions import positions_from_mask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -364,13 +365,6 @@ def checkpoint_variables(layer):
     return found
 
 
-def positions_from_mask(attention_mask):
-    """Position ids of a left-padded batch: each row counts its own tokens from 0, padding gets 0 (as
-    transformers' generate does)."""
-    positions = ops.cumsum(ops.cast(attention_mask, "int32"), axis=-1) - 1
-    return ops.where(ops.cast(attention_mask, "bool"), positions, 0)
-
-
 class ModernGPT2ForCausalLM(keras.Model):
     """The decoder with a language-model head (tied to the token embeddings unless `tie_word_embeddings` is false).
 
@@ -452,7 +446,7 @@ class ModernGPT2ForCausalLM(keras.Model):
             if name.endswith("per_layer_token_map"):
                 value = value.astype(np.int64)
             tensors[name] = np.ascontiguousarray(value.T if transposed else value)
-        write_checkpoint(path, self.config, tensors)
+        write_numpy_checkpoint(path, self.config, tensors)
 
     # ------------------------------------------------------------------------------------------ inference
 
@@ -509,14 +503,3 @@ def read_tensors(path):
         except (SafetensorError, OSError, TypeError) as error:
             raise UserError(f"{os.path.join(path, name)}: cannot read it ({error})") from None
     return tensors
-
-
-def write_checkpoint(path, config, tensors):
-    """config.json + model.safetensors, each written to a temporary file first and renamed into place."""
-    os.makedirs(path, exist_ok=True)
-    config_path, weights_path = os.path.join(path, CONFIG_NAME), os.path.join(path, WEIGHTS_NAME)
-    save_file(tensors, weights_path + ".tmp", metadata={"format": "pt"})
-    with open(config_path + ".tmp", "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(weights_path + ".tmp", weights_path)
-    os.replace(config_path + ".tmp", config_path)

@@ -1,159 +1,101 @@
-"""Command-line arguments of `moderngpt2 train`, as `HfArgumentParser` dataclasses.
+"""The settings of `moderngpt2 train`: the shared argument groups plus train's own, parsed by `parse_command`.
 
-Four groups: the model, the data, the per-layer embeddings, and `PretrainingArguments` (transformers'
-`TrainingArguments` with the pretraining defaults of the design: lr 2.5e-4, cosine, 5% warmup, AdamW betas
-(0.9, 0.95), weight decay 0.01, TensorBoard). Every flag is accepted as `--flag_name` and `--flag-name`.
-One YAML or JSON file of arguments may stand anywhere on the line; flags override its values. The earlier
-tools' spellings work too: `--deepspeed --deepspeed_config FILE`, `--deepspeed zero2` (a shipped config),
-Megatron's `--micro-batch-size` / `--global-batch-size`.
+Shared groups (moderngpt2.arguments): the tokenizer, the model shape (preset, fields, `--config_overrides`)
+and the per-layer embedding fields, whose defaults are the model config's. Train's own: the checkpoint to
+continue from and how to place it, the data, per-layer training settings, `PretrainingArguments`
+(transformers' `TrainingArguments` with the pretraining defaults of the design: lr 2.5e-4, cosine, 5% warmup,
+AdamW betas (0.9, 0.95), weight decay 0.01, TensorBoard) and Megatron's batch flags. The earlier tools'
+DeepSpeed spellings work too: `--deepspeed --deepspeed_config FILE`, `--deepspeed zero2` (a shipped config).
 """
 
-import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+from typing import NamedTuple
 
-import torch
-import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
-from ..argparsing import OneLineErrors, suggestion, unknown_flags_error
+from ..arguments import (
+    ModelShapeArguments,
+    PerLayerShapeArguments,
+    TokenizerArguments,
+    arg,
+    build_parser,
+    load_config_file,
+    parse_command,
+    take_config_file,
+)
+from ..engines import cpu_training_defaults, set_single_process_environment
 from ..errors import UserError
-from .launch import set_single_process_environment
+
+PROG = "moderngpt2 train"
+DEFAULT_MODEL_SIZE = "small"
 
 
 @dataclass
-class ModelArguments:
+class TrainModelArguments:
+    """Which checkpoint to continue from, and how the model is placed on the processes."""
+
     _argument_group_name = "model"
 
-    model_size_name: str | None = field(
-        default="small",
-        metadata={"help": "Preset shape: tiny, small (12x768), medium (24x1024), large (36x1280), xl (48x1600)."},
-    )
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Continue from this checkpoint directory instead of a fresh model."}
-    )
-    tokenizer_path: str | None = field(
-        default=None, metadata={"help": "Tokenizer directory (as written by `moderngpt2 train-tokenizer`)."}
-    )
-    vocab_file: str | None = field(default=None, metadata={"help": "GPT-2 style vocab.json (with --merge_file)."})
-    merge_file: str | None = field(default=None, metadata={"help": "GPT-2 style merges.txt (with --vocab_file)."})
-    config_overrides: str | None = field(
-        default=None,
-        metadata={"help": "Comma-separated config settings applied last, e.g. 'n_layer=2,n_embd=64,n_head=4'."},
-    )
-    n_layer: int | None = field(default=None, metadata={"help": "Number of layers (overrides the preset)."})
-    n_embd: int | None = field(default=None, metadata={"help": "Hidden size (overrides the preset)."})
-    n_head: int | None = field(default=None, metadata={"help": "Query heads (overrides the preset)."})
-    num_key_value_heads: int | None = field(default=None, metadata={"help": "Key/value heads (GQA)."})
-    head_dim: int | None = field(default=None, metadata={"help": "Size of one attention head."})
-    n_inner: int | None = field(default=None, metadata={"help": "MLP width (default 4 * n_embd)."})
-    rope_theta: float | None = field(default=None, metadata={"help": "RoPE base frequency (default 10000)."})
-    attn_logit_softcapping: float | None = field(default=None, metadata={"help": "Attention logit softcap."})
-    final_logit_softcapping: float | None = field(default=None, metadata={"help": "Final logit softcap."})
-    sliding_window: int | None = field(default=None, metadata={"help": "Sliding window of the windowed layers."})
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager, sdpa, flex_attention or flash_attention_2 (default: automatic)."}
-    )
-    tp_size: int = field(
-        default=1,
-        metadata={"help": "Tensor-parallel degree along the model's TP plan (under torchrun; world = tp x fsdp)."},
-    )
-    fsdp_size: int = field(
-        default=1,
-        metadata={"help": "FSDP2 degree applied by transformers when loading the model (works with gloo on CPU)."},
-    )
+    model: str | None = arg(None, "continue from this checkpoint directory instead of a fresh model",
+                            aliases=("--model_name_or_path",))
+    attn_implementation: str | None = arg(
+        None, "eager, sdpa, flex_attention or flash_attention_2 (default: automatic)")
+    tp_size: int = arg(1, "tensor-parallel degree along the model's TP plan (under torchrun; world = tp x fsdp)")
+    fsdp_size: int = arg(1, "FSDP2 degree applied by transformers when loading the model (works with gloo on CPU)")
 
 
 @dataclass
 class DataArguments:
     _argument_group_name = "data"
 
-    pre_tokenized_dataset_path: str | None = field(
-        default=None,
-        metadata={"help": "Directory written by `moderngpt2 pretokenize`, or a Megatron prefix (`..._text_document`)."},
-    )
-    eval_dataset_path: str | None = field(
-        default=None,
-        metadata={"help": "Held-out data when it is not the validation split of --pre_tokenized_dataset_path."},
-    )
-    block_size: int | None = field(
-        default=None, metadata={"help": "Tokens per training example; must match the data (default: the data's)."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Evaluate on at most this many blocks of the held-out split."}
-    )
-    verify_data: bool = field(
-        default=False,
-        metadata={"help": "Decode every block before training starts (damaged shards, foreign token ids); without "
-                          "it each block is checked when it is read."},
-    )
-    document_mask: bool = field(
-        default=False,
-        metadata={"help": "Documents packed into one block (each closed by EOS) do not attend to each other."},
-    )
+    pre_tokenized_dataset_path: str | None = arg(
+        None, "directory written by `moderngpt2 pretokenize`, or a Megatron prefix (`..._text_document`)")
+    eval_dataset_path: str | None = arg(
+        None, "held-out data when it is not the validation split of --pre_tokenized_dataset_path")
+    block_size: int | None = arg(None, "tokens per training example; must match the data (default: the data's)")
+    max_eval_samples: int | None = arg(None, "evaluate on at most this many blocks of the held-out split")
+    verify_data: bool = arg(False, "decode every block before training starts (damaged shards, foreign token "
+                                   "ids); without it each block is checked when it is read")
+    document_mask: bool = arg(False, "documents packed into one block (each closed by EOS) do not attend to "
+                                     "each other")
 
 
 @dataclass
-class PerLayerArguments:
-    _argument_group_name = "per-layer embeddings"
+class PerLayerTrainingArguments:
+    """How the per-layer embeddings are fed, trained and watched (their shape is in the per-layer group)."""
 
-    use_per_layer_embedding: bool = field(default=False, metadata={"help": "Enable Gemma3n-style per-layer embeddings"})
-    per_layer_vocab_file: str | None = field(
-        default=None, metadata={"help": "Per-layer vocabulary JSON from `moderngpt2 per-layer-vocab`."}
-    )
-    per_layer_vocab_size: int | None = field(
-        default=None,
-        metadata={"help": "Rows of the per-layer table (default: the vocabulary file's size, else 10000 capped at the "
-                          "main vocabulary)."},
-    )
-    per_layer_hidden_size: int = field(default=256, metadata={"help": "Per-layer embedding width d."})
-    per_layer_combination_method: str = field(
-        default="scaled_add", metadata={"help": "scaled_add (Gemma3n), concat or gated."}
-    )
-    per_layer_gate_activation: str = field(default="silu", metadata={"help": "silu, gelu, gelu_pytorch_tanh or relu."})
-    per_layer_projection_dropout: float = field(default=0.0, metadata={"help": "Dropout inside each per-layer gate."})
-    per_layer_learning_rate_scale: float = field(
-        default=1.0, metadata={"help": "Multiplies the learning rate of every per-layer parameter."}
-    )
-    freeze_per_layer_embedding: bool = field(default=False, metadata={"help": "Do not train the per-layer table."})
-    per_layer_data_path: str | None = field(
-        default=None, metadata={"help": "Explicit per-layer id streams written beside the main tokens."}
-    )
-    log_per_layer_stats: bool = field(
-        default=False, metadata={"help": "Log per-layer embedding norms, gated weights and gate contributions."}
-    )
-    log_per_layer_gradients: bool = field(default=False, metadata={"help": "Log per-layer gradient norms."})
-    per_layer_stats_interval: int = field(default=100, metadata={"help": "Steps between per-layer statistics."})
+    _argument_group_name = "per-layer training"
+
+    per_layer_vocab_file: str | None = arg(None, "per-layer vocabulary JSON from `moderngpt2 per-layer-vocab` "
+                                                 "(its size is the default --per_layer_vocab_size)")
+    per_layer_learning_rate_scale: float = arg(1.0, "multiplies the learning rate of every per-layer parameter")
+    freeze_per_layer_embedding: bool = arg(False, "do not train the per-layer table")
+    per_layer_data_path: str | None = arg(None, "explicit per-layer id streams written beside the main tokens")
+    log_per_layer_stats: bool = arg(False, "log per-layer embedding norms, gated weights and gate contributions")
+    log_per_layer_gradients: bool = arg(False, "log per-layer gradient norms")
+    per_layer_stats_interval: int = arg(100, "steps between per-layer statistics")
 
 
 @dataclass
 class PretrainingArguments(TrainingArguments):
     """`TrainingArguments` with the defaults a pretraining run wants, plus throughput and safety settings."""
 
-    learning_rate: float = field(default=2.5e-4, metadata={"help": "Peak learning rate of AdamW."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
-    warmup_steps: float = field(
-        default=0.05, metadata={"help": "Warmup: a step count (>= 1) or a fraction of all steps (< 1)."}
-    )
-    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2."})
-    weight_decay: float = field(
-        default=0.01, metadata={"help": "Weight decay of linear weights only (never norms, biases or embeddings)."}
-    )
-    report_to: str | None = field(default="tensorboard", metadata={"help": "tensorboard, wandb, ..., all or none."})
-    logging_steps: float = field(default=10, metadata={"help": "Steps between log lines."})
-    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: steps, epoch or no."})
-    eval_steps: float | None = field(default=500, metadata={"help": "Steps between evaluations."})
-    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation keeps the loss, not the logits."})
-    ddp_find_unused_parameters: bool | None = field(
-        default=False, metadata={"help": "Every parameter takes part in each step, so DDP need not search."}
-    )
-    peak_tflops: float | None = field(
-        default=None,
-        metadata={"help": "Peak TFLOP/s of one device for MFU (default: 790 on H100/H200-class GPUs, else no MFU)."},
-    )
-    stop_on_nonfinite_loss: bool = field(
-        default=True, metadata={"help": "Stop with a clear message when the loss becomes NaN or infinite."}
-    )
+    learning_rate: float = arg(2.5e-4, "peak learning rate of AdamW")
+    lr_scheduler_type: str = arg("cosine", "learning-rate schedule after warmup")
+    warmup_steps: float = arg(0.05, "warmup: a step count (>= 1) or a fraction of all steps (< 1)")
+    adam_beta2: float = arg(0.95, "AdamW beta2")
+    weight_decay: float = arg(0.01, "weight decay of linear weights only (never norms, biases or embeddings)")
+    report_to: str | None = arg("tensorboard", "tensorboard, wandb, ..., all or none")
+    logging_steps: float = arg(10, "steps between log lines")
+    eval_strategy: str = arg("steps", "when to evaluate: steps, epoch or no")
+    eval_steps: float | None = arg(500, "steps between evaluations")
+    prediction_loss_only: bool = arg(True, "evaluation keeps the loss, not the logits")
+    ddp_find_unused_parameters: bool | None = arg(
+        False, "every parameter takes part in each step, so DDP need not search")
+    peak_tflops: float | None = arg(
+        None, "peak TFLOP/s of one device for MFU (default: 790 on H100/H200-class GPUs, else no MFU)")
+    stop_on_nonfinite_loss: bool = arg(True, "stop with a clear message when the loss becomes NaN or infinite")
 
 
 @dataclass
@@ -162,67 +104,26 @@ class MegatronBatchArguments:
 
     _argument_group_name = "Megatron batch sizes"
 
-    micro_batch_size: int | None = field(
-        default=None, metadata={"help": "Megatron name of --per_device_train_batch_size."})
-    global_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Sequences per optimizer step over all processes; sets --gradient_accumulation_steps to "
-                          "global / (micro x processes), which must divide exactly."},
-    )
+    micro_batch_size: int | None = arg(None, "Megatron name of --per_device_train_batch_size")
+    global_batch_size: int | None = arg(
+        None, "sequences per optimizer step over all processes; sets --gradient_accumulation_steps to "
+              "global / (micro x processes), which must divide exactly")
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, PerLayerArguments, PretrainingArguments, MegatronBatchArguments)
-CONFIG_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+ARGUMENT_CLASSES = (TokenizerArguments, ModelShapeArguments, PerLayerShapeArguments, TrainModelArguments,
+                    DataArguments, PerLayerTrainingArguments, PretrainingArguments, MegatronBatchArguments)
 
 
-class TrainArgumentParser(OneLineErrors, HfArgumentParser):
-    """HfArgumentParser without abbreviations and with one-line errors."""
+class TrainArguments(NamedTuple):
+    """Every setting of one `moderngpt2 train` run, by group."""
 
-
-def build_parser() -> HfArgumentParser:
-    return TrainArgumentParser(ARGUMENT_CLASSES, prog="moderngpt2 train", allow_abbrev=False)
-
-
-def load_config_file(path: str) -> dict:
-    """Read a YAML or JSON file of arguments (flag names as keys, dashes or underscores)."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such config file")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise UserError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'}: {error}".replace("\n", " "))
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of argument names to values")
-    data = {key.replace("-", "_"): value for key, value in data.items()}
-    known = {f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        hints = "; ".join(f"{key}{suggestion('--' + key, build_parser())}" for key in unknown)
-        raise UserError(f"{path}: unknown argument(s) {hints}; see 'moderngpt2 train --help'")
-    return data
-
-
-def has_accelerator() -> bool:
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
-
-
-def _takes_value(parser, token: str) -> bool:
-    """Whether `token` is a flag that consumes the next word (so a .json/.yaml after it is its value)."""
-    if not token.startswith("--") or "=" in token:
-        return False
-    action = parser._option_string_actions.get(token)
-    return action is not None and action.nargs not in (0, "?")
-
-
-def take_config_file(argv: list[str], parser) -> tuple[list[str], str | None]:
-    """The arguments without the YAML/JSON file of arguments (anywhere on the line), and that file."""
-    for index, token in enumerate(argv):
-        if (token.endswith(CONFIG_FILE_SUFFIXES) and not token.startswith("-")
-                and not (index and _takes_value(parser, argv[index - 1]))):
-            return argv[:index] + argv[index + 1:], token
-    return argv, None
+    tokenizer: TokenizerArguments
+    shape: ModelShapeArguments
+    per_layer_shape: PerLayerShapeArguments
+    model: TrainModelArguments
+    data: DataArguments
+    per_layer: PerLayerTrainingArguments
+    training: PretrainingArguments
 
 
 def _pop_option(argv: list[str], names: tuple[str, ...]) -> tuple[list[str], str | None, bool]:
@@ -277,36 +178,28 @@ def apply_megatron_batch(training_args, megatron_args) -> None:
     training_args.gradient_accumulation_steps = steps
 
 
-def parse_arguments(argv: list[str]):
-    """Return (model, data, per_layer, training) arguments from flags and an optional YAML/JSON file of them.
+def parse_arguments(argv: list[str]) -> TrainArguments:
+    """Every setting from flags and an optional YAML/JSON file of them (anywhere on the line; flags win).
 
-    The file may stand anywhere on the line; flags win over the file's values wherever they are written.
+    The file is read here rather than by `parse_command` because its `deepspeed` entry may be a shipped
+    config's short name (or an inline mapping), resolved like the flag.
     """
-    parser = build_parser()
-    if not has_accelerator():
-        # Without this the Trainer treats CPU processes under torchrun as unrelated single processes.
-        parser.set_defaults(use_cpu=True)
+    parser = build_parser(PROG, ARGUMENT_CLASSES, description=__doc__.splitlines()[0])
+    defaults = {"model_size_name": DEFAULT_MODEL_SIZE, **cpu_training_defaults()}
     argv, deepspeed = take_deepspeed(list(argv))
     argv, config_file = take_config_file(argv, parser)
-    file_values = load_config_file(config_file) if config_file else {}
-    deepspeed = deepspeed or file_values.pop("deepspeed", None)
-    file_values.pop("deepspeed", None)
-    parser.set_defaults(**file_values)  # file values become defaults, so every flag wins
+    if config_file:
+        file_values = load_config_file(config_file, parser)
+        deepspeed = deepspeed or file_values.pop("deepspeed", None)
+        file_values.pop("deepspeed", None)
+        defaults.update(file_values)  # defaults, so every flag wins
     if deepspeed:
-        if not isinstance(deepspeed, dict):
-            deepspeed = resolve_deepspeed_config(str(deepspeed))
-            argv += ["--deepspeed", deepspeed]
+        if isinstance(deepspeed, dict):
+            defaults["deepspeed"] = deepspeed
         else:
-            parser.set_defaults(deepspeed=deepspeed)
+            argv += ["--deepspeed", resolve_deepspeed_config(str(deepspeed))]
         set_single_process_environment()  # one process without a launcher is rank 0 of 1
-    try:
-        *groups, remaining = parser.parse_args_into_dataclasses(
-            args=argv, look_for_args_file=False, return_remaining_strings=True
-        )
-    except (ValueError, TypeError) as error:
-        raise UserError(str(error).splitlines()[0]) from error
-    if remaining:
-        raise unknown_flags_error(remaining, parser)
-    model_args, data_args, per_layer_args, training_args, megatron_args = groups
-    apply_megatron_batch(training_args, megatron_args)
-    return model_args, data_args, per_layer_args, training_args
+    tokenizer, shape, per_layer_shape, model, data, per_layer, training, megatron = parse_command(
+        PROG, ARGUMENT_CLASSES, argv, defaults=defaults, parser=parser)
+    apply_megatron_batch(training, megatron)
+    return TrainArguments(tokenizer, shape, per_layer_shape, model, data, per_layer, training)

@@ -6,8 +6,10 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from ..engines import full_tensor, is_zero_partitioned, logical_numel
 from ..fileio import write_json
 from .optim import parameter_group_names
+
 
 class ThroughputCallback(TrainerCallback):
     """Measures tokens/s (and MFU given a peak) over the training steps since the last log line.
@@ -105,7 +107,7 @@ class PerLayerStatsCallback(TrainerCallback):
     @torch.no_grad()
     def _weight_statistics(self) -> dict:
         table = self.base.embed_tokens_per_layer.weight
-        if hasattr(table, "ds_shape"):
+        if is_zero_partitioned(table):
             return {}  # ZeRO-3 keeps only a flat shard of the table on each rank
         stats = {}
         rows = full_tensor(table).float().view(table.shape[0], self.num_layers, -1)  # (V_p, L, d)
@@ -137,11 +139,6 @@ class PerLayerStatsCallback(TrainerCallback):
         return norms
 
 
-def full_tensor(tensor):
-    """The whole tensor of an FSDP2/TP-sharded DTensor (a collective: every rank calls it), else itself."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
 def unwrap_optimizer_chain(optimizer) -> list:
     """The optimizer and the ones it wraps (accelerate -> DeepSpeed ZeRO -> torch AdamW), outermost first."""
     chain = [optimizer]
@@ -167,7 +164,7 @@ def describe_optimizer(optimizer, model=None) -> dict:
             "betas": list(group["betas"]) if "betas" in group else None,
             "eps": group.get("eps"),
             "weight_decay": group.get("weight_decay"),
-            "numel": sum(getattr(params[n], "ds_numel", params[n].numel()) for n in names),
+            "numel": sum(logical_numel(params[n]) for n in names),
             "parameters": names,
         })
     return {"optimizer_chain": [f"{type(o).__module__}.{type(o).__name__}" for o in chain], "param_groups": groups}

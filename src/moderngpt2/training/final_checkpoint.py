@@ -8,12 +8,13 @@ state stays in the checkpoints.
 """
 
 import json
-import math
 import os
 import shlex
 
 from ..export.hub_files import save_generation_config, save_portable_tokenizer
-from ..info import count_parameters, format_counts
+from ..fileio import write_json
+from ..metrics import perplexity
+from ..parameter_counts import count_parameters, format_counts
 
 PICKLES = ("training_args.bin",)
 
@@ -24,7 +25,7 @@ def held_out_perplexity(log_history: list[dict]) -> tuple[float, int] | None:
     if not evaluations:
         return None
     last = evaluations[-1]
-    return math.exp(min(last["eval_loss"], 700.0)), last.get("step")
+    return perplexity(last["eval_loss"]), last.get("step")
 
 
 def model_card(config, command: str, data_summary: str, tokens_seen: int, steps: int, perplexity) -> str:
@@ -79,9 +80,7 @@ def finalize(final_dir: str, model, tokenizer, command_argv: list[str], data_sum
     with open(config_path, encoding="utf-8") as handle:
         saved = json.load(handle)
     saved["use_cache"] = True  # training switches the cache off; inference wants it
-    with open(config_path, "w", encoding="utf-8") as handle:
-        json.dump(saved, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    write_json(config_path, saved, sort_keys=True)
     save_generation_config(config, final_dir, tokenizer)
     if tokenizer is not None:
         save_portable_tokenizer(tokenizer, final_dir, config.n_positions)

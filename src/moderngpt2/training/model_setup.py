@@ -9,86 +9,44 @@ the fresh model to OUTPUT/.initial-model (removed once every rank has loaded it)
 import inspect
 import logging
 import os
-import shutil
 
 from transformers import AutoModelForCausalLM
 
+from ..arguments import build_config as build_model_config
+from ..arguments import config_settings
 from ..configuration_moderngpt2 import MODEL_SIZE_PRESETS, ModernGPT2Config
-from ..errors import UserError
+from ..engines import load_fresh_sharded
+from ..errors import UserError, first_line
 from .optim import freeze_per_layer_embedding
 
 logger = logging.getLogger(__name__)
 
 VOCAB_MULTIPLE = 64
-DEFAULT_PER_LAYER_VOCAB_SIZE = 10000
-# ModelArguments fields that are config fields of the same name.
-SHAPE_FLAGS = ("n_layer", "n_embd", "n_head", "num_key_value_heads", "head_dim", "n_inner", "rope_theta",
-               "attn_logit_softcapping", "final_logit_softcapping", "sliding_window")
-PER_LAYER_FLAGS = ("per_layer_hidden_size", "per_layer_combination_method", "per_layer_gate_activation",
-                   "per_layer_projection_dropout")
 
 
 def round_up(value: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return -(-value // multiple) * multiple
 
 
-def _parse_value(text: str):
-    lowered = text.strip().lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text.strip()
+def config_default(name: str):
+    """The default of a ModernGPT2Config setting, read from the config itself (defaults are written once)."""
+    return inspect.signature(ModernGPT2Config.__init__).parameters[name].default
 
 
-def parse_config_overrides(text: str | None) -> dict:
-    """'n_layer=2,n_embd=64' -> {'n_layer': 2, 'n_embd': 64}; names must be ModernGPT2Config arguments."""
-    if not text:
-        return {}
-    known = set(inspect.signature(ModernGPT2Config.__init__).parameters) - {"self", "kwargs"}
-    known |= set(ModernGPT2Config.attribute_map)
-    overrides = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserError(f"--config_overrides: '{item}' is not NAME=VALUE (example: 'n_layer=2,n_embd=64')")
-        if key not in known:
-            raise UserError(f"--config_overrides: '{key}' is not a ModernGPT2Config setting")
-        overrides[key] = _parse_value(value)
-    return overrides
-
-
-def build_config(model_args, per_layer_args, tokenizer, block_size: int, per_layer_vocab=None) -> ModernGPT2Config:
-    """The config of a fresh model: preset, then explicit flags, then --config_overrides."""
-    settings = dict(
-        model_size_name=model_args.model_size_name,
-        vocab_size=round_up(len(tokenizer)),
-        n_positions=block_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        use_per_layer_embedding=per_layer_args.use_per_layer_embedding,
-    )
-    settings.update({name: getattr(model_args, name) for name in SHAPE_FLAGS if getattr(model_args, name) is not None})
-    if per_layer_args.use_per_layer_embedding:
-        settings.update({name: getattr(per_layer_args, name) for name in PER_LAYER_FLAGS})
+def build_config(shape_args, per_layer_shape_args, tokenizer, block_size: int, per_layer_vocab=None) -> ModernGPT2Config:
+    """The config of a fresh model: the tokenizer's vocabulary and the data's block size, then the preset,
+    explicit flags and --config_overrides (each wins over the one before)."""
+    vocab_size = round_up(len(tokenizer))
+    base = dict(vocab_size=vocab_size, n_positions=block_size, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    uses_per_layer = per_layer_shape_args.use_per_layer_embedding
+    settings = config_settings(shape_args, per_layer_shape_args) if uses_per_layer else config_settings(shape_args)
+    if uses_per_layer and "per_layer_vocab_size" not in settings:
         # Without a vocabulary file the map is Gemma3n's (id itself below V_p): rows past the main vocabulary
-        # would never be used, so the default V_p of 10000 is capped there.
-        settings["per_layer_vocab_size"] = per_layer_args.per_layer_vocab_size or (
-            per_layer_vocab.per_layer_vocab_size if per_layer_vocab is not None
-            else min(DEFAULT_PER_LAYER_VOCAB_SIZE, settings["vocab_size"])
-        )
-    settings.update(parse_config_overrides(model_args.config_overrides))
-    try:
-        config = ModernGPT2Config(**settings)
-    except ValueError as error:
-        raise UserError(f"model config: {error}") from error
+        # would never be used, so the config's default V_p is capped there.
+        settings["per_layer_vocab_size"] = (per_layer_vocab.per_layer_vocab_size if per_layer_vocab is not None
+                                            else min(config_default("per_layer_vocab_size"), vocab_size))
+    config = build_model_config(base, **settings)
     if config.vocab_size < len(tokenizer):
         raise UserError(f"vocab_size={config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
     if config.model_size_name is not None and not has_preset_shape(config):
@@ -164,37 +122,23 @@ def _fresh_model(config, token_map, kwargs):
     return model
 
 
-def _load_fresh_distributed(config, token_map, kwargs, distributed, output_dir):
-    """Sharding happens while loading, so rank 0 writes the seeded fresh model for every rank to load."""
-    import torch.distributed as dist
-
-    directory = os.path.join(output_dir, ".initial-model")
-    if dist.get_rank() == 0:
-        _fresh_model(config, token_map, kwargs).save_pretrained(directory)
-    dist.barrier()
-    model = AutoModelForCausalLM.from_pretrained(directory, distributed_config=distributed, **kwargs)
-    dist.barrier()
-    if dist.get_rank() == 0:
-        shutil.rmtree(directory, ignore_errors=True)
-    return model
-
-
-def load_model(model_args, per_layer_args, output_dir, config=None, token_map=None):
-    """The model to train: `config` for a fresh one, else the checkpoint of --model_name_or_path."""
+def load_model(model_args, per_layer_args, output_dir: str, config=None, token_map=None):
+    """The model to train: `config` for a fresh one, else the checkpoint of --model."""
     distributed = _distributed_config(model_args)
     kwargs = _load_kwargs(model_args)
     try:
-        if model_args.model_name_or_path is None and distributed is None:
+        if model_args.model is None and distributed is None:
             model = _fresh_model(config, token_map, kwargs)
-        elif model_args.model_name_or_path is None:
-            model = _load_fresh_distributed(config, token_map, kwargs, distributed, output_dir)
+        elif model_args.model is None:
+            model = load_fresh_sharded(lambda: _fresh_model(config, token_map, kwargs), kwargs, distributed,
+                                       output_dir)
         else:
             extra = {"distributed_config": distributed} if distributed is not None else {}
-            model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **extra, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(model_args.model, **extra, **kwargs)
             if token_map is not None:
                 model.set_per_layer_token_map(token_map)
     except (ValueError, OSError) as error:
-        raise UserError(f"model: {str(error).splitlines()[0]}") from error
+        raise UserError(f"model: {first_line(error)}") from error
     if per_layer_args.freeze_per_layer_embedding:
         if not model.config.use_per_layer_embedding:
             raise UserError("--freeze-per-layer-embedding needs a model with per-layer embeddings")

@@ -8,6 +8,8 @@ too). Per-layer parameters get their own groups so `--per-layer-learning-rate-sc
 
 from torch import nn
 
+from ..engines import logical_shape
+
 # Name fragments of the per-layer embedding machinery (module names of modeling_moderngpt2).
 PER_LAYER_NAME_PARTS = ("embed_tokens_per_layer", "per_layer_projection", "per_layer_gate")
 # 2-D but not a matrix of a linear map: per-layer, per-channel sigmoid logits of the `gated` combination.
@@ -19,11 +21,6 @@ def is_per_layer_parameter(name: str) -> bool:
     return any(part in name.split(".") for part in PER_LAYER_NAME_PARTS)
 
 
-def parameter_shape(param):
-    """The logical shape, also for a parameter DeepSpeed ZeRO-3 has partitioned into a flat shard."""
-    return getattr(param, "ds_shape", param.shape)
-
-
 def decayed_parameter_names(model: nn.Module) -> set[str]:
     """Names of the parameters weight decay applies to: matrices of linear maps, never embeddings or gains."""
     embedding_params = {
@@ -32,7 +29,7 @@ def decayed_parameter_names(model: nn.Module) -> set[str]:
     return {
         name
         for name, param in model.named_parameters()
-        if len(parameter_shape(param)) >= 2
+        if len(logical_shape(param)) >= 2
         and id(param) not in embedding_params
         and not name.endswith(GAIN_LIKE_NAME_SUFFIXES)
     }

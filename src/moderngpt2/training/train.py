@@ -1,4 +1,4 @@
-"""`moderngpt2 train`: pretrain a ModernGPT2 model with the Hugging Face Trainer.
+"""Pretrain a ModernGPT2 model with the Hugging Face Trainer (what `moderngpt2 train` runs).
 
 Runs as one process, or under `torchrun` / `accelerate launch` (DDP, DeepSpeed ZeRO through --deepspeed,
 FSDP2 through an accelerate config or --fsdp_size, tensor parallelism through --tp_size); the Trainer reads
@@ -18,13 +18,14 @@ import sys
 from transformers import AutoConfig, set_seed
 
 from ..data.loader import DataFault
-from ..devices import default_peak_tflops
-from ..errors import UserError
+from ..devices import DTYPES, default_peak_tflops
+from ..engines import check_engine_settings, ensure_deepspeed_comm, release_process_group
+from ..errors import UserError, first_line
 from ..fileio import make_directory, replace_directory, user_error_from
 from ..flops import flops_per_token
 from ..loading import check_model_directory
 from ..tokenization import load_tokenizer, tokenizer_fingerprint
-from .arguments import parse_arguments
+from .arguments import TrainArguments
 from .callbacks import (
     OptimizerRecordCallback,
     PerLayerStatsCallback,
@@ -47,48 +48,30 @@ def configure_logging(training_args):
     logger.setLevel(level)
 
 
-def ensure_deepspeed_comm(training_args):
-    """Give DeepSpeed its communication layer on the process group the Trainer already started.
-
-    On GPUs the Trainer does this itself; for CPU processes (gloo) it does not, and ZeRO-3's partitioned model
-    construction would then believe it runs alone.
-    """
-    if not training_args.deepspeed or training_args.world_size < 2:
-        return
-    import deepspeed
-
-    if not deepspeed.comm.is_initialized():
-        deepspeed.init_distributed(dist_backend="gloo" if training_args.use_cpu else None)
-
-
-def check_settings(model_args, per_layer_args, training_args):
+def check_settings(model_args, per_layer_shape_args, per_layer_args, training_args):
     """Refuse flag combinations that cannot work, before anything is loaded."""
-    if per_layer_args.per_layer_vocab_size is not None and per_layer_args.per_layer_vocab_size < 1:
-        raise UserError(f"--per-layer-vocab-size must be at least 1, got {per_layer_args.per_layer_vocab_size}")
-    if not per_layer_args.use_per_layer_embedding:
+    vocab_size = per_layer_shape_args.per_layer_vocab_size
+    if vocab_size is not None and vocab_size < 1:
+        raise UserError(f"--per-layer-vocab-size must be at least 1, got {vocab_size}")
+    if not per_layer_shape_args.use_per_layer_embedding:
         for flag in ("per_layer_vocab_file", "per_layer_data_path"):
             if getattr(per_layer_args, flag):
                 raise UserError(f"--{flag.replace('_', '-')} needs --use-per-layer-embedding")
         if per_layer_args.log_per_layer_stats or per_layer_args.log_per_layer_gradients:
             raise UserError("--log-per-layer-stats / --log-per-layer-gradients need --use-per-layer-embedding")
     make_directory(training_args.output_dir, "--output_dir")
-    if model_args.tp_size * model_args.fsdp_size > 1:
+    sharded_while_loading = model_args.tp_size * model_args.fsdp_size > 1
+    if sharded_while_loading:
         check_parallel_sizes(model_args)
     check_precision(training_args)
-    if training_args.fsdp and training_args.use_cpu:
-        raise UserError("--fsdp runs through accelerate, which shards GPU processes only; for CPU processes "
-                        "use --fsdp_size N (FSDP2 applied by transformers while loading)")
-    if model_args.tp_size * model_args.fsdp_size > 1 and not training_args.save_only_model:
-        # transformers cannot checkpoint the optimizer of a model it sharded while loading.
-        logger.warning("--tp_size/--fsdp_size: checkpoints hold the model only (resuming them is not supported)")
-        training_args.save_only_model = True
+    check_engine_settings(training_args, sharded_while_loading)
 
 
 def check_precision(training_args):
     """--bf16 / --fp16 only where the device computes in that precision (probed with one small matmul)."""
     import torch
 
-    for flag, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+    for flag, dtype in (("bf16", DTYPES["bfloat16"]), ("fp16", DTYPES["float16"])):
         if not getattr(training_args, flag):
             continue
         device = training_args.device
@@ -99,14 +82,15 @@ def check_precision(training_args):
                 torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
         except (RuntimeError, TypeError) as error:
             raise UserError(f"--{flag}: the {device.type} device cannot compute in {dtype} here "
-                            f"({str(error).splitlines()[0]}); drop --{flag}") from None
+                            f"({first_line(error)}); drop --{flag}") from None
 
 
-def load_training_tokenizer(model_args):
-    if model_args.tokenizer_path or model_args.vocab_file or model_args.merge_file:
-        return load_tokenizer(model_args.tokenizer_path, model_args.vocab_file, model_args.merge_file)
-    if model_args.model_name_or_path:
-        return load_tokenizer(model_args.model_name_or_path)
+def load_training_tokenizer(tokenizer_args, model_args):
+    """The tokenizer named by the tokenizer flags, else the one saved with the checkpoint of --model."""
+    if tokenizer_args.tokenizer_path or tokenizer_args.vocab_file or tokenizer_args.merge_file:
+        return load_tokenizer(tokenizer_args.tokenizer_path, tokenizer_args.vocab_file, tokenizer_args.merge_file)
+    if model_args.model:
+        return load_tokenizer(model_args.model)
     raise UserError("pass --tokenizer_path (or --vocab_file and --merge_file)")
 
 
@@ -124,22 +108,23 @@ def load_per_layer_vocabulary(per_layer_args, tokenizer):
     return vocab
 
 
-def model_config(model_args, per_layer_args, tokenizer, block_size, per_layer_vocab):
+def model_config(arguments, tokenizer, block_size, per_layer_vocab):
     """A fresh config, or the checkpoint's (whose shape the flags cannot change)."""
-    if model_args.model_name_or_path is None:
-        return build_config(model_args, per_layer_args, tokenizer, block_size, per_layer_vocab)
-    if os.path.isdir(model_args.model_name_or_path):
-        check_model_directory(model_args.model_name_or_path)
+    model_args, per_layer_args = arguments.model, arguments.per_layer_shape
+    if model_args.model is None:
+        return build_config(arguments.shape, per_layer_args, tokenizer, block_size, per_layer_vocab)
+    if os.path.isdir(model_args.model):
+        check_model_directory(model_args.model)
     try:
-        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+        config = AutoConfig.from_pretrained(model_args.model)
     except (OSError, ValueError) as error:
-        raise UserError(f"{model_args.model_name_or_path}: {str(error).splitlines()[0]}") from error
+        raise UserError(f"{model_args.model}: {first_line(error)}") from error
     if per_layer_args.use_per_layer_embedding != bool(getattr(config, "use_per_layer_embedding", False)):
         state = "has" if getattr(config, "use_per_layer_embedding", False) else "has no"
-        raise UserError(f"{model_args.model_name_or_path} {state} per-layer embeddings; "
+        raise UserError(f"{model_args.model} {state} per-layer embeddings; "
                         "--use-per-layer-embedding must agree with the checkpoint")
     if config.vocab_size < len(tokenizer):
-        raise UserError(f"{model_args.model_name_or_path}: vocab_size {config.vocab_size} is smaller than the "
+        raise UserError(f"{model_args.model}: vocab_size {config.vocab_size} is smaller than the "
                         f"tokenizer's {len(tokenizer)} tokens")
     return config
 
@@ -224,36 +209,24 @@ def interrupted_save(error: Exception, output_dir: str) -> Exception:
     return problem
 
 
-def release_process_group():
-    """Wait for every rank, then tear torch.distributed down: no rank leaves while another still needs it.
-
-    Only called after success: after an error another rank may be inside a collective and the barrier would
-    hang. (The process itself then ends through `cli.entry_point`, which explains why a rank leaves with
-    os._exit.)
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def main(argv: list[str]) -> int:
-    model_args, data_args, per_layer_args, training_args = parse_arguments(argv)
+def train(arguments: TrainArguments, command_argv: list[str]) -> int:
+    """Run one training from parsed settings; `command_argv` is recorded in the final model card."""
+    training_args, model_args, per_layer_args = arguments.training, arguments.model, arguments.per_layer
     configure_logging(training_args)
-    check_settings(model_args, per_layer_args, training_args)
+    check_settings(model_args, arguments.per_layer_shape, per_layer_args, training_args)
     ensure_deepspeed_comm(training_args)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     set_seed(training_args.seed)
 
-    tokenizer = load_training_tokenizer(model_args)
-    data = load_training_data(data_args, per_layer_args, tokenizer, eval_wanted=training_args.eval_strategy != "no")
+    tokenizer = load_training_tokenizer(arguments.tokenizer, model_args)
+    data = load_training_data(arguments.data, per_layer_args, tokenizer,
+                              eval_wanted=training_args.eval_strategy != "no")
     per_layer_vocab = load_per_layer_vocabulary(per_layer_args, tokenizer)
-    config = model_config(model_args, per_layer_args, tokenizer, data.block_size, per_layer_vocab)
-    check_block_size(config, data.block_size, model_args.model_name_or_path or "the model config")
+    config = model_config(arguments, tokenizer, data.block_size, per_layer_vocab)
+    check_block_size(config, data.block_size, model_args.model or "the model config")
     token_map = per_layer_token_map(per_layer_vocab, tokenizer, config) if per_layer_vocab else None
     model = load_model(model_args, per_layer_args, training_args.output_dir,
-                       config if model_args.model_name_or_path is None else None, token_map)
+                       config if model_args.model is None else None, token_map)
 
     trainer = build_trainer(model, tokenizer, data, model_args, per_layer_args, training_args)
     try:
@@ -273,6 +246,6 @@ def main(argv: list[str]) -> int:
         raise
     except Exception as error:  # a checkpoint save that hit a full or read-only disk (whatever the writer raises)
         raise interrupted_save(error, training_args.output_dir) from None
-    finish(trainer, data, training_args.output_dir, argv, data_args.pre_tokenized_dataset_path)
+    finish(trainer, data, training_args.output_dir, command_argv, arguments.data.pre_tokenized_dataset_path)
     release_process_group()
     return 0

@@ -6,22 +6,17 @@
   sees exactly the order an uninterrupted one would.
 - `training_step`: a NaN or infinite loss or gradient stops training before the optimizer touches the weights.
 - `log`: adds tokens/s and MFU to the training logs and perplexity to the evaluation logs.
-- `_save`: keeps saved checkpoints loadable whatever engine trained them (see `complete_state_dict` and
-  `restore_model_code`).
+- `_save`: keeps saved checkpoints loadable whatever engine trained them (see `engines.complete_state_dict`
+  and `engines.restore_model_code`).
 """
-
-import json
-import math
-import os
-import sys
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 from transformers import Trainer
-from transformers.dynamic_module_utils import custom_object_save, get_relative_import_files
 
-from ..fileio import write_json
+from ..engines import complete_state_dict, local_tensor, restore_model_code
+from ..metrics import perplexity
 from .optim import build_parameter_groups
 
 
@@ -47,42 +42,6 @@ class EpochShuffleSampler(Sampler[int]):
         generator = torch.Generator()
         generator.manual_seed(self.seed * 1_000_003 + self.epoch)
         yield from torch.randperm(self.num_samples, generator=generator).tolist()
-
-
-def complete_state_dict(model, state_dict: dict) -> dict:
-    """Add the persistent buffers (the per-layer token map) that an engine's gathered weights left out.
-
-    DeepSpeed's tensor-parallel gather returns parameters only; buffers are replicated on every rank, so the
-    local copy is the true one.
-    """
-    buffers = {}
-    for module_name, module in model.named_modules():
-        for name, buffer in module._buffers.items():
-            if buffer is not None and name not in module._non_persistent_buffers_set:
-                buffers[f"{module_name}.{name}" if module_name else name] = buffer
-    return {**buffers, **state_dict}
-
-
-def restore_model_code(model, output_dir: str):
-    """Point a checkpoint's `auto_map` and code files at the model's own class.
-
-    FSDP2 swaps a sharded model's class for a generated subclass defined in torch, and `save_pretrained` then
-    copies torch's FSDP sources and names that subclass in `auto_map`. Put back our modeling files instead.
-    """
-    origin = next((cls for cls in type(model).__mro__ if "_auto_class" in vars(cls)), None)
-    if origin is None or origin is type(model):
-        return
-    wrapper_file = sys.modules[type(model).__module__].__file__
-    for path in [wrapper_file, *get_relative_import_files(wrapper_file)]:
-        copied = os.path.join(output_dir, os.path.basename(path))
-        if os.path.isfile(copied):
-            os.remove(copied)
-    config_path = os.path.join(output_dir, "config.json")
-    with open(config_path, encoding="utf-8") as handle:
-        config = json.load(handle)
-    config.setdefault("auto_map", {}).pop(origin._auto_class, None)
-    custom_object_save(object.__new__(origin), output_dir, config=config)
-    write_json(config_path, config, sort_keys=True)
 
 
 class PretrainingTrainer(Trainer):
@@ -123,8 +82,7 @@ class PretrainingTrainer(Trainer):
         """
         bad = ~torch.isfinite(loss.detach().float())
         if self.accelerator.sync_gradients:
-            grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
-                     for p in model.parameters() if p.grad is not None]
+            grads = [local_tensor(p.grad) for p in model.parameters() if p.grad is not None]
             if grads:
                 bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads).to(bad.device))
         bad = bad.to(torch.float32).reshape(1)
@@ -148,5 +106,5 @@ class PretrainingTrainer(Trainer):
         if "loss" in logs and self.throughput is not None:
             logs.update(self.throughput.pop_window())
         if "eval_loss" in logs:
-            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 700.0))
+            logs["eval_perplexity"] = perplexity(logs["eval_loss"])
         super().log(logs, *args, **kwargs)

@@ -1,18 +1,15 @@
-"""``moderngpt2 info``: parameter counts and config of a preset or a checkpoint, computed from the config alone.
+"""Parameter counts and the config report of `moderngpt2 info`, computed from a config alone.
 
 The counts are analytic (no weights are built), so ``info --model_size_name xl`` is instant; the tests check them
 against the model instantiated on the meta device. "Embedding" means the token embedding table (plus the LM head
 when it is not tied); the per-layer embedding table is listed on its own, and "non-embedding" excludes both.
 """
 
-import argparse
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
 
-from .argparsing import CommandParser
-from .errors import UserError
-from .jsonfile import read_json_object
+from .arguments import build_config
+from .configuration_moderngpt2 import MODEL_SIZE_PRESETS
 
 
 @dataclass(frozen=True)
@@ -104,18 +101,22 @@ def format_config(config) -> str:
     return "\n".join(lines)
 
 
-def presets_table(overrides: dict) -> str:
-    """A Markdown table of every preset, without and with per-layer embeddings (README material)."""
-    from .configuration_moderngpt2 import MODEL_SIZE_PRESETS
+def parameter_report(config) -> str:
+    """The parameter counts of a config, a blank line, then its fields."""
+    return f"{format_counts(count_parameters(config))}\n\n{format_config(config)}"
 
+
+def presets_table(settings: dict) -> str:
+    """A Markdown table of every preset, without and with per-layer embeddings (README material); `settings`
+    (config fields) apply to every row."""
     head = (
         "| preset | layers | n_embd | heads (q/kv) | n_inner | total | non-embedding | total with PLE | PLE share |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
     rows = []
     for name in MODEL_SIZE_PRESETS:
-        plain = make_config(model_size_name=name, overrides={**overrides, "use_per_layer_embedding": False})
-        with_ple = make_config(model_size_name=name, overrides={**overrides, "use_per_layer_embedding": True})
+        plain = build_config(**{**settings, "model_size_name": name, "use_per_layer_embedding": False})
+        with_ple = build_config(**{**settings, "model_size_name": name, "use_per_layer_embedding": True})
         counts, ple = count_parameters(plain), count_parameters(with_ple)
         rows.append(
             f"| {name} | {plain.n_layer} | {plain.n_embd} | {plain.n_head}/{plain.num_key_value_heads} | "
@@ -128,81 +129,3 @@ def presets_table(overrides: dict) -> str:
         f"V_p={with_ple.per_layer_vocab_size}, {with_ple.per_layer_combination_method}."
     )
     return "\n".join([head, *rows, "", note])
-
-
-def make_config(model_size_name=None, model_path=None, overrides=None):
-    """A ModernGPT2Config from a preset or a checkpoint/config directory, with command-line overrides applied."""
-    from .configuration_moderngpt2 import ModernGPT2Config
-
-    overrides = {key: value for key, value in (overrides or {}).items() if value is not None}
-    try:
-        if model_path is None:
-            return ModernGPT2Config(model_size_name=model_size_name, **overrides)
-        base = load_config_dict(Path(model_path))
-        return ModernGPT2Config(**{**base, **overrides})
-    except ValueError as error:
-        raise UserError(str(error)) from None
-
-
-def load_config_dict(path: Path) -> dict:
-    """The config fields of a ModernGPT2 checkpoint, or of a Gemma2 one mapped to ModernGPT2's names."""
-    config_path = path / "config.json" if path.is_dir() else path
-    if not config_path.is_file():
-        raise UserError(f"{config_path} does not exist; give a checkpoint directory or its config.json")
-    raw = read_json_object(config_path, "checkpoint config")
-    model_type = raw.get("model_type")
-    if model_type == "gemma2":
-        from .convert import moderngpt2_config_kwargs, read_gemma2_config
-
-        return moderngpt2_config_kwargs(read_gemma2_config(config_path.parent))
-    if model_type != "moderngpt2":
-        raise UserError(f"{config_path}: model_type is {model_type!r}; expected 'moderngpt2' (or 'gemma2')")
-    return {key: value for key, value in raw.items() if key not in ("model_type", "transformers_version", "auto_map")}
-
-
-# Config fields that may be overridden on the command line: name -> type.
-OVERRIDES = {
-    "vocab_size": int,
-    "n_positions": int,
-    "n_embd": int,
-    "n_layer": int,
-    "n_head": int,
-    "num_key_value_heads": int,
-    "head_dim": int,
-    "n_inner": int,
-    "per_layer_vocab_size": int,
-    "per_layer_hidden_size": int,
-    "per_layer_combination_method": str,
-}
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = CommandParser(
-        prog="moderngpt2 info",
-        description="Parameter counts (total, embedding, non-embedding, per-layer embeddings) and config.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model_size_name", "--model-size-name", help="a preset: tiny, small, medium, large, xl")
-    source.add_argument("--model", help="a checkpoint directory or config.json (ModernGPT2 or Gemma2)")
-    source.add_argument("--all", action="store_true", help="a Markdown table of all presets, with and without PLE")
-    for name, kind in OVERRIDES.items():
-        flags = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])
-        parser.add_argument(*flags, dest=name, type=kind, help=f"override {name}")
-    parser.add_argument(
-        "--use_per_layer_embedding", "--use-per-layer-embedding", action="store_true", default=None,
-        help="count with per-layer embeddings switched on",
-    )
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    overrides = {name: getattr(args, name) for name in [*OVERRIDES, "use_per_layer_embedding"]}
-    if args.all:
-        print(presets_table(overrides))
-        return 0
-    config = make_config(args.model_size_name, args.model, overrides)
-    print(format_counts(count_parameters(config)))
-    print()
-    print(format_config(config))
-    return 0
