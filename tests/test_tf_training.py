@@ -2,19 +2,14 @@
 
 import copy
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "workers"))
-from keras_tensorflow import require_keras_on_tensorflow  # noqa: E402
+from keras_tensorflow import require_keras_on_tensorflow
 
 tf, keras = require_keras_on_tensorflow()
-
-from train_assets import build_assets  # noqa: E402
 
 from moderngpt2 import ModernGPT2Config, ModernGPT2ForCausalLM  # noqa: E402
 from moderngpt2.data.loader import load_block_dataset  # noqa: E402
@@ -29,8 +24,8 @@ TINY = dict(vocab_size=320, n_layer=2, n_embd=32, n_head=4, num_key_value_heads=
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return str(build_assets(tmp_path_factory.mktemp("assets"))["data"])
+def data(tiny_assets):
+    return str(tiny_assets["data"])
 
 
 @pytest.fixture(scope="module")

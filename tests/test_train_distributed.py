@@ -20,11 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "workers"))
-from train_assets import (  # noqa: E402
-    REPO_ROOT, build_assets, cli_env, log_history, logged, torchrun_command, train_flags)
+from train_assets import REPO_ROOT, cli_env, log_history, logged, torchrun_command, train_flags
 
-from moderngpt2.cli import main as cli  # noqa: E402
+from moderngpt2.cli import main as cli
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +44,8 @@ needs_deepspeed = pytest.mark.skipif(deepspeed_skip_reason() is not None, reason
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return build_assets(tmp_path_factory.mktemp("assets"))
+def assets(tiny_assets):
+    return tiny_assets
 
 
 @pytest.fixture(scope="module")
