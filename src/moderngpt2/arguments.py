@@ -402,11 +402,12 @@ def _parse_value(text: str):
 
 def config_settings(*groups) -> dict:
     """The config settings the user gave in shape/per-layer argument groups: explicit fields, then overrides."""
+    known = ModernGPT2Config.argument_names()
     settings = {}
     for group in groups:
         for field in dataclasses.fields(group):
             value = getattr(group, field.name)
-            if field.name != "config_overrides" and value is not None and field.name in ModernGPT2Config.argument_names():
+            if field.name != "config_overrides" and value is not None and field.name in known:
                 settings[field.name] = value
     for group in groups:
         settings.update(parse_config_overrides(getattr(group, "config_overrides", None)))

@@ -207,19 +207,23 @@ class ModernGPT2Config(PreTrainedConfig):
         return cls(model_size_name=name, **overrides)
 
     @classmethod
+    def field_defaults(cls) -> dict:
+        """{ModernGPT2 field: its default}, in the constructor's order: the one place code reads the defaults."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return {name: p.default for name, p in parameters.items() if name not in ("self", "kwargs")}
+
+    @classmethod
     def argument_names(cls) -> frozenset:
         """The settings the constructor takes by name, its own and the standard transformers aliases."""
-        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
-        return frozenset(own | set(cls.attribute_map))
+        return frozenset(set(cls.field_defaults()) | set(cls.attribute_map))
 
     @classmethod
     def resolved_fields(cls, raw: dict) -> dict:
         """config.json's dict with every ModernGPT2 field filled in as this constructor fills it (presets, n_inner,
         layer_types, ...): what the JAX and Keras ports build from, so the defaults are written once."""
         config = cls(**{key: value for key, value in raw.items() if key not in ("model_type", "transformers_version")})
-        own = set(inspect.signature(cls.__init__).parameters) - {"self", "kwargs"}
         kept = {key: value for key, value in raw.items() if key not in cls.attribute_map}
-        return {**kept, **{name: getattr(config, name) for name in sorted(own)}}
+        return {**kept, **{name: getattr(config, name) for name in sorted(cls.field_defaults())}}
 
     def validate_moderngpt2(self):
         """Reject impossible settings with a message naming the field and what is allowed."""

@@ -5,7 +5,6 @@ against the model instantiated on the meta device. "Embedding" means the token e
 when it is not tied); the per-layer embedding table is listed on its own, and "non-embedding" excludes both.
 """
 
-import inspect
 from dataclasses import dataclass
 
 from .arguments import build_config
@@ -91,9 +90,8 @@ def format_counts(counts: ParameterCounts) -> str:
 
 def format_config(config) -> str:
     """The ModernGPT2 fields of a config (not transformers' generic ones), one per line."""
-    fields = [name for name in inspect.signature(type(config).__init__).parameters if name not in ("self", "kwargs")]
     lines = []
-    for name in fields:
+    for name in type(config).field_defaults():
         value = getattr(config, name)
         if name == "layer_types" and len(set(value)) == 1:
             value = f"{len(value)} x {value[0]}"

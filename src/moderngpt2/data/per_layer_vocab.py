@@ -15,7 +15,6 @@ with exactly the layout of the main data, then ``DIR/manifest.json`` last.
 """
 
 import hashlib
-import inspect
 import os
 from dataclasses import asdict, dataclass
 
@@ -37,7 +36,7 @@ from .per_layer_strategies import RESERVED, STRATEGIES, CorpusStats, classify_su
 from .sources import iter_chunks, resolve_sources
 
 VOCAB_FORMAT = "moderngpt2-per-layer-vocab"
-DEFAULT_SIZE = inspect.signature(ModernGPT2Config).parameters["per_layer_vocab_size"].default
+DEFAULT_SIZE = ModernGPT2Config.field_defaults()["per_layer_vocab_size"]
 
 
 @dataclass

@@ -6,7 +6,6 @@ own tensor-parallel plan and FSDP2 while it loads, which needs a checkpoint to l
 the fresh model to OUTPUT/.initial-model (removed once every rank has loaded it).
 """
 
-import inspect
 import logging
 import os
 
@@ -28,11 +27,6 @@ def round_up(value: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return -(-value // multiple) * multiple
 
 
-def config_default(name: str):
-    """The default of a ModernGPT2Config setting, read from the config itself (defaults are written once)."""
-    return inspect.signature(ModernGPT2Config.__init__).parameters[name].default
-
-
 def build_config(shape_args, per_layer_shape_args, tokenizer, block_size: int, per_layer_vocab=None) -> ModernGPT2Config:
     """The config of a fresh model: the tokenizer's vocabulary and the data's block size, then the preset,
     explicit flags and --config_overrides (each wins over the one before)."""
@@ -45,7 +39,7 @@ def build_config(shape_args, per_layer_shape_args, tokenizer, block_size: int, p
         # Without a vocabulary file the map is Gemma3n's (id itself below V_p): rows past the main vocabulary
         # would never be used, so the config's default V_p is capped there.
         settings["per_layer_vocab_size"] = (per_layer_vocab.per_layer_vocab_size if per_layer_vocab is not None
-                                            else min(config_default("per_layer_vocab_size"), vocab_size))
+                                            else min(ModernGPT2Config.field_defaults()["per_layer_vocab_size"], vocab_size))
     config = build_model_config(base, **settings)
     if config.vocab_size < len(tokenizer):
         raise UserError(f"vocab_size={config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens")
