@@ -43,37 +43,31 @@ def usage(prefix: str, table: dict) -> str:
     return "\n".join(lines)
 
 
+def resolve(argv: list[str]) -> tuple[str, tuple | dict, list[str]]:
+    """(the command's full name, its table entry, the words after it): `bench train --steps 2` ->
+    ('moderngpt2 bench train', ('bench_train', ...), ['--steps', '2']). The walk stops at the first word that
+    is not a command of the table it stands in, or at a command module."""
+    name, entry, words = "moderngpt2", COMMANDS, list(argv)
+    while isinstance(entry, dict) and words and words[0] in entry:
+        name, entry, words = f"{name} {words[0]}", entry[words[0]], words[1:]
+    return name, entry, words
+
+
 def run(argv: list[str]) -> int:
     """Run one command (`train ...`, `bench train ...`); a user's mistake raises UserError."""
-    prefix, table, words = "moderngpt2", COMMANDS, list(argv)
-    while True:
-        if not words or words[0] in ("-h", "--help"):
-            print(usage(prefix, table))
-            return 0
-        name, words = words[0], words[1:]
-        if name not in table:
-            raise UserError(f"unknown command '{name}'; choose one of {', '.join(table)}")
-        prefix, entry = f"{prefix} {name}", table[name]
-        if not isinstance(entry, dict):
-            return importlib.import_module(f"moderngpt2.commands.{entry[0]}").main(words) or 0
-        table = entry
-
-
-def command_name(argv: list[str]) -> str:
-    """'moderngpt2 bench train' for `bench train --steps 2`: the words of argv that name a known command."""
-    words, table = ["moderngpt2"], COMMANDS
-    for word in argv:
-        if not isinstance(table, dict) or word not in table:
-            break
-        words.append(word)
-        table = table[word]
-    return " ".join(words)
+    name, entry, words = resolve(argv)
+    if not isinstance(entry, dict):
+        return importlib.import_module(f"moderngpt2.commands.{entry[0]}").main(words) or 0
+    if not words or words[0] in ("-h", "--help"):
+        print(usage(name, entry))
+        return 0
+    raise UserError(f"unknown command '{words[0]}'; choose one of {', '.join(entry)}")
 
 
 def main(argv=None) -> int:
     # DeepSpeed's launcher writes --local_rank=N before the command; the rank is in LOCAL_RANK too.
     argv = take_local_rank(list(sys.argv[1:] if argv is None else argv))
-    command = command_name(argv)
+    command = resolve(argv)[0]
     try:
         return run(argv)
     except UserError as error:
