@@ -8,11 +8,11 @@ max_new_tokens, do_sample, temperature, top_k, top_p, seed, eos_token_id, pad_to
 """
 
 import importlib
-import os
 from dataclasses import dataclass
 
 from .arguments import arg
 from .errors import UserError, first_line
+from .loading import require_saved_model
 
 FRAMEWORKS = ("torch", "jax", "tf")
 # The top-level packages each framework's extra installs.
@@ -46,8 +46,7 @@ def import_framework(framework: str):
 def load_causal_lm(framework: str, path: str):
     """`ModernGPT2ForCausalLM.from_pretrained(path)` of `moderngpt2.<framework>` (jax or tf)."""
     module = import_framework(framework)
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise UserError(f"{path}: no config.json, so not a saved model (use OUTPUT/final of `moderngpt2 train`)")
+    require_saved_model(path)
     try:
         return module.ModernGPT2ForCausalLM.from_pretrained(path)
     except (OSError, ValueError) as error:

@@ -9,6 +9,12 @@ from .fileio import check_safetensors
 from .jsonfile import read_json_object
 
 
+def require_saved_model(model_dir: str) -> None:
+    """A directory with a config.json, or a one-line error pointing at the training run's final model."""
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise UserError(f"{model_dir}: no config.json, so not a saved model (use OUTPUT/final of `moderngpt2 train`)")
+
+
 def check_model_directory(model_dir: str) -> None:
     """A ModernGPT2 checkpoint with whole weight files, before transformers reads it."""
     config = read_json_object(os.path.join(model_dir, "config.json"), "model config")
@@ -29,8 +35,7 @@ def load_checkpoint(model_dir: str, device: str = "auto", dtype: str = "auto"):
 
     if not os.path.isdir(model_dir):
         raise UserError(f"{model_dir}: no such model directory (use OUTPUT/final of `moderngpt2 train`)")
-    if not os.path.isfile(os.path.join(model_dir, "config.json")):
-        raise UserError(f"{model_dir}: no config.json, so not a saved model (use OUTPUT/final of `moderngpt2 train`)")
+    require_saved_model(model_dir)
     check_model_directory(model_dir)
     target = pick_device(device)
     try:
